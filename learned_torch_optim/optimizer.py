@@ -1,0 +1,212 @@
+"""``LearnedOptimizer``: the coordinatewise LSTM as a drop-in ``torch.optim.Optimizer``.
+
+The class validates arguments, keeps the per-parameter state and groups tensors; :func:`learned_step` does the
+math for one group of tensors sharing device and dtype, with a single batched call of the network.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import Optimizer, ParamsT
+
+from .network import CoordinatewiseLSTM
+from .weights import load_weights
+
+__all__ = ["LearnedOptimizer", "learned_step"]
+
+STATE_KEY = "lstm_state"
+
+
+def _real(tensor: Tensor) -> Tensor:
+    return torch.view_as_real(tensor) if tensor.is_complex() else tensor
+
+
+def learned_step(
+    params: list[Tensor],
+    grads: list[Tensor],
+    lstm_states: list[Tensor],
+    steps: list[Tensor],
+    *,
+    network: CoordinatewiseLSTM,
+    lr: float | Tensor,
+    weight_decay: float,
+    maximize: bool,
+) -> bool:
+    """Apply ``theta <- theta * (1 - lr * weight_decay) + lr * m(g)`` to tensors of one device and dtype.
+
+    All coordinates of ``params`` go through one call of ``network`` in fp32.  A coordinate whose gradient is
+    NaN or infinite keeps its parameter and state unchanged.  Returns whether every gradient was finite.
+    """
+    real_params = [_real(p) for p in params]
+    numels = [p.numel() for p in real_params]
+    grad = torch.cat([_real(g).reshape(-1) for g in grads]).float()
+    if maximize:
+        grad = grad.neg()
+    state = torch.cat([s.reshape(-1, network.state_size) for s in lstm_states])
+    finite = torch.isfinite(grad)
+    all_finite = bool(finite.all())
+    if not all_finite:
+        grad = torch.where(finite, grad, 0.0)
+
+    update, new_state = network(grad, state.float())
+    theta = torch.cat([p.reshape(-1) for p in real_params]).float()
+    new_theta = theta.mul(1 - lr * weight_decay) if weight_decay else theta.clone()
+    new_theta.add_(update * lr)
+    if not all_finite:
+        new_theta = torch.where(finite, new_theta, theta)
+        new_state = torch.where(finite.unsqueeze(1), new_state, state)
+
+    torch._foreach_copy_(real_params, [chunk.view_as(p) for chunk, p in zip(new_theta.split(numels), real_params)])
+    torch._foreach_copy_(lstm_states, [chunk.view_as(s) for chunk, s in zip(new_state.split(numels), lstm_states)])
+    torch._foreach_add_(steps, 1)
+    return all_finite
+
+
+class LearnedOptimizer(Optimizer):
+    r"""Optimizer driven by a meta-trained coordinatewise LSTM (Andrychowicz et al., 2016).
+
+    Replaces ``torch.optim.Adam(model.parameters())`` with ``LearnedOptimizer(model.parameters())``.  Each step
+    computes, per coordinate, ``theta <- theta * (1 - lr * weight_decay) + lr * m(grad; phi)`` where ``m`` is the
+    network of :class:`CoordinatewiseLSTM` (paper eq. 1; the decoupled weight decay is as in AdamW).
+
+    Args:
+        params: parameters or parameter groups, as for any ``torch.optim`` optimizer.
+        weights: a packaged name (see :func:`list_pretrained`), a local ``save_pretrained`` directory, a hub repo
+            id ``org/name``, or a :class:`CoordinatewiseLSTM` instance.
+        revision: branch, tag or commit when ``weights`` is a hub repo id.
+        lr: multiplies the network's output; 1.0 is the update the network was meta-trained to make and 0.0 is
+            an exact no-op.  LR schedulers act through ``group["lr"]``.
+        weight_decay: decoupled weight decay, ``theta *= 1 - lr * weight_decay`` every step.
+        maximize: maximize the objective instead of minimizing it.
+
+    State per parameter: ``step`` and ``lstm_state``, the hidden and cell state of every LSTM layer for every
+    coordinate (``state_size`` fp32 floats per coordinate, 80 for the paper's network).
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        weights: str | os.PathLike | CoordinatewiseLSTM = "default",
+        *,
+        revision: str | None = None,
+        lr: float | Tensor = 1.0,
+        weight_decay: float = 0.0,
+        maximize: bool = False,
+    ) -> None:
+        if isinstance(lr, Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        if not 0.0 <= lr:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        defaults = dict(lr=lr, weight_decay=weight_decay, maximize=maximize)
+        super().__init__(params, defaults)
+        self.network = load_weights(weights, revision=revision).requires_grad_(False).eval()
+        self._networks_by_device: dict[torch.device, CoordinatewiseLSTM] = {}
+        self._warned_non_finite = False
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("maximize", False)
+            group.setdefault("weight_decay", 0.0)
+        self.__dict__.setdefault("_networks_by_device", {})
+        self.__dict__.setdefault("_warned_non_finite", False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "network": self.network}
+
+    def _network_on(self, device: torch.device) -> CoordinatewiseLSTM:
+        if device not in self._networks_by_device:
+            self._networks_by_device[device] = self.network.to(device) if device != torch.device("cpu") else self.network
+        return self._networks_by_device[device]
+
+    def _init_group(
+        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], states: list[Tensor], steps: list[Tensor]
+    ) -> None:
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError("LearnedOptimizer does not support sparse gradients")
+            state = self.state[p]
+            if len(state) == 0:
+                state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                state[STATE_KEY] = torch.zeros(
+                    (*_real(p).shape, self.network.state_size), dtype=torch.float32, device=p.device
+                )
+            params.append(p)
+            grads.append(p.grad)
+            states.append(state[STATE_KEY])
+            steps.append(state["step"])
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        all_finite = True
+        for group in self.param_groups:
+            params: list[Tensor] = []
+            grads: list[Tensor] = []
+            states: list[Tensor] = []
+            steps: list[Tensor] = []
+            self._init_group(group, params, grads, states, steps)
+            if not params:
+                continue
+            buckets = Optimizer._group_tensors_by_device_and_dtype([params, grads, states, steps])
+            for (device, _), ((b_params, b_grads, b_states, b_steps), _) in buckets.items():
+                all_finite &= learned_step(
+                    b_params,
+                    b_grads,
+                    b_states,
+                    b_steps,
+                    network=self._network_on(device),
+                    lr=group["lr"],
+                    weight_decay=group["weight_decay"],
+                    maximize=group["maximize"],
+                )
+        if not all_finite and not self._warned_non_finite:
+            self._warned_non_finite = True
+            warnings.warn(
+                "LearnedOptimizer: some gradient coordinates were NaN or infinite; those coordinates were left "
+                "unchanged (parameters and LSTM state). This warning is shown once.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return loss
+
+    def reset_state(self) -> None:
+        """Forget all per-parameter state, so the next step starts a new optimisation."""
+        self.state.clear()
+
+    def state_dict(self) -> dict[str, Any]:
+        state_dict = super().state_dict()
+        state_dict["weights_identity"] = self.network.weights_identity.as_dict()
+        return state_dict
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved_identity = state_dict.get("weights_identity")
+        if saved_identity is not None and saved_identity.get("sha256") != self.network.weights_identity.sha256:
+            warnings.warn(
+                f"LearnedOptimizer.load_state_dict: the saved LSTM state belongs to weights {saved_identity}, but "
+                f"this optimizer runs {self.network.weights_identity.as_dict()}; that state means nothing to "
+                "another network (call reset_state() to start afresh)",
+                UserWarning,
+                stacklevel=2,
+            )
+        super().load_state_dict(state_dict)
+        # The base class casts floating state to each parameter's dtype; the LSTM state stays fp32.
+        saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
+        params = [p for group in self.param_groups for p in group["params"]]
+        for param_id, param in zip(saved_ids, params):
+            saved = state_dict["state"].get(param_id)
+            if saved is not None and STATE_KEY in saved:
+                self.state[param][STATE_KEY] = saved[STATE_KEY].to(device=param.device, dtype=torch.float32, copy=True)

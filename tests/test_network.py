@@ -1,0 +1,94 @@
+import math
+
+import pytest
+import torch
+
+from learned_torch_optim import CoordinatewiseLSTM
+from learned_torch_optim.network import preprocess_log_sign
+
+
+def test_log_sign_preprocessing_matches_appendix_a():
+    p = 10.0
+    grads = torch.tensor([2.0, -3.0, 1e-3, -1e-6, 0.0, math.exp(-p)], dtype=torch.float64)
+    features = preprocess_log_sign(grads, p)
+    expected = []
+    for g in grads.tolist():
+        if abs(g) >= math.exp(-p):
+            expected.append([math.log(abs(g)) / p, math.copysign(1.0, g) if g != 0 else 0.0])
+        else:
+            expected.append([-1.0, math.exp(p) * g])
+    torch.testing.assert_close(features, torch.tensor(expected, dtype=torch.float64))
+
+
+def test_identity_preprocessing_passes_gradient():
+    net = CoordinatewiseLSTM(num_layers=0, preprocessing="identity", output_scale=1.0)
+    grads = torch.tensor([0.5, -2.0])
+    assert torch.equal(net.features(grads), grads.unsqueeze(-1))
+
+
+def test_matches_torch_lstm_reference(network):
+    """The batched step equals torch.nn.LSTM (an independent implementation) followed by the read-out."""
+    n, hidden, layers = 37, network.hidden_size, network.num_layers
+    reference = torch.nn.LSTM(network.num_inputs, hidden, num_layers=layers)
+    with torch.no_grad():
+        for layer, cell in enumerate(network.cells):
+            getattr(reference, f"weight_ih_l{layer}").copy_(cell.weight_ih)
+            getattr(reference, f"weight_hh_l{layer}").copy_(cell.weight_hh)
+            getattr(reference, f"bias_ih_l{layer}").copy_(cell.bias_ih)
+            getattr(reference, f"bias_hh_l{layer}").copy_(cell.bias_hh)
+    grads = torch.randn(n) * torch.logspace(-6, 1, n)
+    state = torch.randn(n, network.state_size)
+    h0 = torch.stack([state[:, 2 * i * hidden : (2 * i + 1) * hidden] for i in range(layers)])
+    c0 = torch.stack([state[:, (2 * i + 1) * hidden : (2 * i + 2) * hidden] for i in range(layers)])
+    out, (h1, c1) = reference(network.features(grads).unsqueeze(0), (h0, c0))
+    expected_update = 0.1 * (out[0] @ network.readout.weight.t() + network.readout.bias).squeeze(-1)
+
+    update, new_state = network(grads, state)
+    torch.testing.assert_close(update, expected_update)
+    for i in range(layers):
+        torch.testing.assert_close(new_state[:, 2 * i * hidden : (2 * i + 1) * hidden], h1[i])
+        torch.testing.assert_close(new_state[:, (2 * i + 1) * hidden : (2 * i + 2) * hidden], c1[i])
+
+
+def test_zero_layers_is_a_linear_map():
+    net = CoordinatewiseLSTM(num_layers=0, preprocessing="identity", output_scale=2.0)
+    with torch.no_grad():
+        net.readout.weight.fill_(3.0)
+        net.readout.bias.fill_(-1.0)
+    grads = torch.tensor([1.0, -2.0, 0.5])
+    update, state = net(grads, net.initial_state(3))
+    assert net.state_size == 0 and state.shape == (3, 0)
+    torch.testing.assert_close(update, 2.0 * (3.0 * grads - 1.0))
+
+
+def test_state_size_is_80_floats_for_the_paper_network():
+    assert CoordinatewiseLSTM().state_size == 80
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"hidden_size": 0}, "hidden_size"),
+        ({"num_layers": -1}, "num_layers"),
+        ({"preprocessing": "log"}, "preprocessing"),
+        ({"preprocessing_p": 0.0}, "preprocessing_p"),
+    ],
+)
+def test_bad_config_names_the_argument(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        CoordinatewiseLSTM(**kwargs)
+
+
+def test_save_and_load_pretrained_round_trip(tmp_path, network):
+    network.save_pretrained(tmp_path)
+    assert {"config.json", "model.safetensors", "README.md"} <= {p.name for p in tmp_path.iterdir()}
+    loaded = CoordinatewiseLSTM.from_pretrained(tmp_path)
+    assert loaded.extra_repr() == network.extra_repr()
+    for (name, a), (_, b) in zip(network.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_gradients_flow_to_network_parameters(network):
+    update, new_state = network(torch.randn(10), torch.randn(10, network.state_size))
+    (update.sum() + new_state.sum()).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in network.parameters())
