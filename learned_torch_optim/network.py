@@ -113,7 +113,9 @@ class CoordinatewiseLSTM(
         """Floats of state per coordinate: ``num_layers * 2 * hidden_size`` (80 for the paper's network)."""
         return self.num_layers * 2 * self.hidden_size
 
-    def initial_state(self, n: int, *, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+    def initial_state(
+        self, n: int, *, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+    ) -> Tensor:
         """Zero state for ``n`` coordinates, shape ``(n, state_size)``."""
         return torch.zeros(n, self.state_size, device=device, dtype=dtype)
 

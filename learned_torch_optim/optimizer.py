@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -123,11 +124,18 @@ class LearnedOptimizer(Optimizer):
 
     def _network_on(self, device: torch.device) -> CoordinatewiseLSTM:
         if device not in self._networks_by_device:
-            self._networks_by_device[device] = self.network.to(device) if device != torch.device("cpu") else self.network
+            self._networks_by_device[device] = (
+                self.network.to(device) if device != torch.device("cpu") else self.network
+            )
         return self._networks_by_device[device]
 
     def _init_group(
-        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], states: list[Tensor], steps: list[Tensor]
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        states: list[Tensor],
+        steps: list[Tensor],
     ) -> None:
         for p in group["params"]:
             if p.grad is None:

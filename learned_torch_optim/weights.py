@@ -15,7 +15,12 @@ from importlib import resources
 from pathlib import Path
 
 import torch
-from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+from huggingface_hub.errors import (
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 
 from .network import CoordinatewiseLSTM
 
@@ -145,7 +150,9 @@ def load_weights(
     if isinstance(weights, CoordinatewiseLSTM):
         network, source, used_revision = weights, "<instance>", None
     elif not isinstance(weights, (str, os.PathLike)):
-        raise TypeError(f"weights must be a name, a path, a repo id or a CoordinatewiseLSTM, got {type(weights).__name__}")
+        raise TypeError(
+            f"weights must be a name, a path, a repo id or a CoordinatewiseLSTM, got {type(weights).__name__}"
+        )
     else:
         text = os.fspath(weights)
         name = DEFAULT_WEIGHTS if text == "default" else text

@@ -166,7 +166,7 @@ def test_low_and_high_precision_params_keep_dtype_with_fp32_state(network, dtype
     for i in range(3):
         for m, opt in ((model, optimizer), (reference, ref_optimizer)):
             opt.zero_grad()
-            for p, ref in zip(m.parameters(), reference.parameters()):
+            for p in m.parameters():
                 p.grad = torch.full_like(p, 0.01 * (i + 1)) + 1e-3 * torch.arange(p.numel()).view_as(p).to(p.dtype)
             opt.step()
     for p, ref in zip(model.parameters(), reference.parameters()):
@@ -282,7 +282,7 @@ def test_coordinatewise_independence(network):
     others = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(11))]
     opt_alone = LearnedOptimizer([alone], weights=network)
     opt_together = LearnedOptimizer([others[0], together, others[1]], weights=network)
-    for step in range(5):
+    for _step in range(5):
         grad = torch.randn(7)
         alone.grad, together.grad = grad.clone(), grad.clone()
         for p in others:
