@@ -107,7 +107,7 @@ class LearnedOptimizer(Optimizer):
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
         defaults = dict(lr=lr, weight_decay=weight_decay, maximize=maximize)
         super().__init__(params, defaults)
-        self.network = load_weights(weights, revision=revision).requires_grad_(False).eval()
+        self.network = load_weights(weights, revision=revision)
         self._networks_by_device: dict[torch.device, CoordinatewiseLSTM] = {}
         self._warned_non_finite = False
 

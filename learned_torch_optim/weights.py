@@ -66,7 +66,9 @@ def _packaged_checksums() -> dict[str, str]:
 
 def list_pretrained() -> dict[str, str]:
     """The packaged weight sets: ``{name: one-line description}``; ``"default"`` names one of them."""
-    found = {}
+    found: dict[str, str] = {}
+    if not packaged_root().is_dir():
+        return found
     for folder in sorted(packaged_root().iterdir()):
         config_file = folder / "config.json"
         if folder.is_dir() and config_file.is_file():

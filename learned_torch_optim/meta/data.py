@@ -1,0 +1,142 @@
+"""Readers for the standard dataset files, with a download cache and checksum verification.
+
+A data directory holds one folder per dataset (``DIR/mnist/train-images-idx3-ubyte.gz``, ...).  It is, in
+order: the ``data_dir`` argument (``--data-dir``), the ``LEARNED_TORCH_OPTIM_DATA`` environment variable, or the
+user cache ``~/.cache/learned_torch_optim/data``, where missing files are downloaded and checked.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import os
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DATA_ENV = "LEARNED_TORCH_OPTIM_DATA"
+
+_IDX_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+
+DATASETS: dict[str, dict] = {
+    "mnist": {
+        "urls": [
+            "https://ossci-datasets.s3.amazonaws.com/mnist/",
+            "https://storage.googleapis.com/cvdf-datasets/mnist/",
+        ],
+        "sha256": {
+            "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+            "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+            "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+            "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+        },
+    },
+    "fashion-mnist": {
+        "urls": ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"],
+        "sha256": {
+            "train-images-idx3-ubyte.gz": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+            "train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+            "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+            "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+        },
+    },
+}
+
+
+class DataNotFoundError(FileNotFoundError):
+    """A dataset file is neither in the data directory nor downloadable; the message says where to put it."""
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "learned_torch_optim" / "data"
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """The data directory: the argument, else ``$LEARNED_TORCH_OPTIM_DATA``, else the user cache."""
+    if data_dir is not None:
+        return Path(data_dir)
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV])
+    return default_cache_dir()
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _download(dataset: str, file_name: str, target: Path) -> None:
+    expected = DATASETS[dataset]["sha256"][file_name]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    errors = []
+    for base in DATASETS[dataset]["urls"]:
+        try:
+            with urllib.request.urlopen(base + file_name, timeout=30) as response:
+                payload = response.read()
+        except OSError as error:
+            errors.append(f"{base + file_name}: {error}")
+            continue
+        if hashlib.sha256(payload).hexdigest() != expected:
+            errors.append(f"{base + file_name}: sha256 mismatch")
+            continue
+        with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as handle:
+            handle.write(payload)
+        os.replace(handle.name, target)
+        return
+    raise DataNotFoundError(
+        f"{dataset} file {file_name} is not in {target.parent} and could not be downloaded "
+        f"({'; '.join(errors)}). Put the standard file at {target}, or pass --data-dir DIR (or set {DATA_ENV}) "
+        f"where DIR/{dataset}/{file_name} exists."
+    )
+
+
+def dataset_file(dataset: str, file_name: str, data_dir: str | os.PathLike | None = None) -> Path:
+    """Path of a standard dataset file, downloading it into the cache when it is absent there."""
+    root = resolve_data_dir(data_dir)
+    path = root / dataset / file_name
+    if path.is_file():
+        return path
+    cached = default_cache_dir() / dataset / file_name
+    if cached.is_file():
+        return cached
+    _download(dataset, file_name, cached)
+    if _sha256(cached) != DATASETS[dataset]["sha256"][file_name]:
+        raise DataNotFoundError(f"{cached}: checksum mismatch after download")
+    return cached
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Decode one IDX file (optionally gzip-compressed): big-endian header, then unsigned bytes."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        raw = handle.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValueError(f"{path}: not an IDX file of unsigned bytes")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise ValueError(f"{path}: header says {dims} but holds {data.size} values")
+    return data.reshape(dims)
+
+
+@functools.lru_cache(maxsize=8)
+def load_image_classification(
+    dataset: str, split: str, data_dir: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images, labels)`` of an IDX dataset (``mnist`` or ``fashion-mnist``): float32 pixels in [0, 1] of shape
+    ``(N, 28, 28)`` and int64 labels."""
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; known: {sorted(DATASETS)}")
+    if split not in _IDX_FILES:
+        raise ValueError(f"unknown split {split!r}; use 'train' or 'test'")
+    images_name, labels_name = _IDX_FILES[split]
+    images = read_idx(dataset_file(dataset, images_name, data_dir))
+    labels = read_idx(dataset_file(dataset, labels_name, data_dir))
+    return torch.from_numpy(images.astype(np.float32) / 255.0), torch.from_numpy(labels.astype(np.int64))

@@ -1,0 +1,262 @@
+"""The outer loop: meta-training a :class:`CoordinatewiseLSTM` by truncated BPTT, with validation, best-checkpoint
+selection, atomic checkpoints, exact resume and a JSON-lines metrics log."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..network import CoordinatewiseLSTM
+from .tasks import Problem, Task, get_task
+from .unroll import unroll
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+VALIDATION_SEED = 10**9
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a meta-training run (recorded in checkpoints and the model card)."""
+
+    task: str = "quadratic"
+    iterations: int = 1000
+    """Optimizee runs: each samples fresh problems and optimises them for ``horizon`` steps."""
+    horizon: int = 100
+    unroll: int = 20
+    """Truncation length; ``horizon / unroll`` meta-updates per iteration."""
+    meta_lr: float = 1e-3
+    meta_batch_size: int | None = None
+    """Problems optimised side by side per iteration; ``None`` takes the task's default."""
+    clip_grad_norm: float | None = None
+    seed: int = 0
+    validate_every: int = 50
+    validation_problems: int = 10
+    checkpoint_every: int = 10
+    data_dir: str | None = None
+    network: dict[str, Any] = field(default_factory=dict)
+    """``CoordinatewiseLSTM`` arguments (its config)."""
+    command: str = ""
+    """The command that started the run, for the model card."""
+
+    def __post_init__(self) -> None:
+        for name in ("iterations", "horizon", "unroll", "validate_every", "validation_problems", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.horizon % self.unroll:
+            raise ValueError(f"horizon ({self.horizon}) must be a multiple of unroll ({self.unroll})")
+        if not self.meta_lr > 0:
+            raise ValueError(f"meta_lr must be positive, got {self.meta_lr}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def _atomic_write_bytes(path: Path, write: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    _atomic_write_bytes(path, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in rows)))
+
+
+def meta_iteration(
+    network: CoordinatewiseLSTM,
+    meta_optimizer: torch.optim.Optimizer,
+    problem: Problem,
+    *,
+    horizon: int,
+    unroll_length: int,
+    clip_grad_norm: float | None = None,
+) -> float:
+    """Optimise ``problem`` for ``horizon`` steps from its initial parameters and a zero LSTM state, with one
+    meta-update of ``network`` per truncation of ``unroll_length`` steps; returns the mean loss per problem.
+
+    A meta-gradient that is not finite is skipped rather than applied.
+    """
+    params = problem.init_params()
+    state = network.initial_state(params.numel())
+    losses = []
+    for _ in range(horizon // unroll_length):
+        result = unroll(network, problem, params, state, unroll_length)
+        meta_optimizer.zero_grad()
+        (result.meta_loss / problem.num_problems).backward()
+        if clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(network.parameters(), clip_grad_norm)
+        if all(torch.isfinite(p.grad).all() for p in network.parameters()):
+            meta_optimizer.step()
+        params, state = result.params, result.state
+        losses.append(result.losses / problem.num_problems)
+    return torch.cat(losses).mean().item()
+
+
+class MetaTrainer:
+    """Meta-trains one network on one task into ``out_dir``.
+
+    ``task`` may be a :class:`Task` of the user's; otherwise ``config.task`` names a built-in one (training split).
+    """
+
+    def __init__(self, config: TrainConfig, out_dir: str | os.PathLike, task: Task | None = None) -> None:
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.task = task if task is not None else get_task(config.task, split="train", data_dir=config.data_dir)
+        self.meta_batch_size = config.meta_batch_size or self.task.default_meta_batch_size
+        torch.manual_seed(config.seed)
+        self.network = CoordinatewiseLSTM(**config.network)
+        self.meta_optimizer = torch.optim.Adam(self.network.parameters(), lr=config.meta_lr)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.iteration = 0
+        self.best_metric = math.inf
+        self.best_state = copy.deepcopy(self.network.state_dict())
+        self.elapsed = 0.0
+        self.rows: list[dict[str, Any]] = []
+
+    # -- checkpoints -------------------------------------------------------------------------------------------
+    def _checkpoint(self) -> dict[str, Any]:
+        return {
+            "config": asdict(self.config),
+            "iteration": self.iteration,
+            "network": self.network.state_dict(),
+            "meta_optimizer": self.meta_optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "best_metric": self.best_metric,
+            "best_network": self.best_state,
+            "elapsed": self.elapsed,
+        }
+
+    def save_checkpoint(self) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write_bytes(self.out_dir / CHECKPOINT, lambda tmp: torch.save(self._checkpoint(), tmp))
+        _write_jsonl(self.out_dir / METRICS, self.rows)
+
+    def load_checkpoint(self) -> None:
+        checkpoint = torch.load(self.out_dir / CHECKPOINT, weights_only=True)
+        saved = TrainConfig.from_dict(checkpoint["config"])
+        for name in ("task", "horizon", "unroll", "meta_lr", "seed", "network", "meta_batch_size"):
+            if getattr(saved, name) != getattr(self.config, name):
+                raise ValueError(
+                    f"--resume: {name}={getattr(self.config, name)!r} differs from the checkpoint's "
+                    f"{getattr(saved, name)!r} in {self.out_dir / CHECKPOINT}"
+                )
+        self.iteration = checkpoint["iteration"]
+        self.network.load_state_dict(checkpoint["network"])
+        self.meta_optimizer.load_state_dict(checkpoint["meta_optimizer"])
+        self.generator.set_state(checkpoint["generator"])
+        torch.set_rng_state(checkpoint["torch_rng"])
+        self.best_metric = checkpoint["best_metric"]
+        self.best_state = checkpoint["best_network"]
+        self.elapsed = checkpoint["elapsed"]
+        metrics = self.out_dir / METRICS
+        rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
+        self.rows = [row for row in rows if row["iteration"] <= self.iteration]
+
+    # -- one iteration -----------------------------------------------------------------------------------------
+    def train_iteration(self) -> float:
+        """Sample fresh problems and meta-train on them over one horizon; their mean loss."""
+        seeds = torch.randint(2**62, (self.meta_batch_size,), generator=self.generator).tolist()
+        return meta_iteration(
+            self.network,
+            self.meta_optimizer,
+            self.task.problems(seeds),
+            horizon=self.config.horizon,
+            unroll_length=self.config.unroll,
+            clip_grad_norm=self.config.clip_grad_norm,
+        )
+
+    def validate(self) -> float:
+        """Mean loss over the horizon on fixed held-out problems of the training distribution."""
+        from .evaluate import run_learned
+
+        seeds = [VALIDATION_SEED + i for i in range(self.config.validation_problems)]
+        curves = [run_learned(self.network, self.task.problem(seed), self.config.horizon) for seed in seeds]
+        metric = torch.stack(curves).mean().item()
+        return metric if math.isfinite(metric) else math.inf
+
+    # -- the run -----------------------------------------------------------------------------------------------
+    def train(self, *, resume: bool = False, progress: bool = True) -> Path:
+        """Run to ``config.iterations``; returns the weights directory (``out_dir``)."""
+        if (self.out_dir / CHECKPOINT).exists():
+            if not resume:
+                raise FileExistsError(
+                    f"{self.out_dir / CHECKPOINT} exists: pass --resume to continue that run, or choose another --out"
+                )
+            self.load_checkpoint()
+        bar = tqdm(total=self.config.iterations, initial=self.iteration, disable=not progress, desc="meta-train")
+        started = time.perf_counter() - self.elapsed
+        while self.iteration < self.config.iterations:
+            meta_loss = self.train_iteration()
+            self.iteration += 1
+            row: dict[str, Any] = {"iteration": self.iteration, "meta_loss": meta_loss}
+            if self.iteration % self.config.validate_every == 0 or self.iteration == self.config.iterations:
+                row["validation_loss"] = self.validate()
+                if row["validation_loss"] < self.best_metric:
+                    self.best_metric = row["validation_loss"]
+                    self.best_state = copy.deepcopy(self.network.state_dict())
+                row["best_validation_loss"] = self.best_metric
+            self.elapsed = time.perf_counter() - started
+            row["elapsed_s"] = round(self.elapsed, 3)
+            self.rows.append(row)
+            bar.update(1)
+            bar.set_postfix(meta_loss=f"{meta_loss:.4g}", best_val=f"{self.best_metric:.4g}")
+            if self.iteration % self.config.checkpoint_every == 0 or self.iteration == self.config.iterations:
+                self.save_checkpoint()
+        bar.close()
+        self.save_weights()
+        return self.out_dir
+
+    def save_weights(self) -> None:
+        """Write the best network with ``save_pretrained`` (config, safetensors, model card) into ``out_dir``."""
+        best = CoordinatewiseLSTM(**self.config.network)
+        best.load_state_dict(self.best_state)
+        tmp = self.out_dir / ".weights.tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        for stale in tmp.iterdir():
+            stale.unlink()
+        best.save_pretrained(tmp, model_card_kwargs={"recipe": self.recipe_markdown()})
+        for produced in tmp.iterdir():
+            os.replace(produced, self.out_dir / produced.name)
+        tmp.rmdir()
+
+    def recipe_markdown(self) -> str:
+        c = self.config
+        validation = [r for r in self.rows if "validation_loss" in r]
+        lines = [
+            "## Meta-training recipe",
+            "",
+            f"Trained with `learned_torch_optim.meta` (package version {__version__}).",
+            "",
+            "| setting | value |",
+            "| --- | --- |",
+            f"| task | `{c.task}` ({self.task.name}) |",
+            f"| horizon (optimizee steps per problem) | {c.horizon} |",
+            f"| unroll (truncation length) | {c.unroll} |",
+            f"| meta-optimizer | Adam, lr {c.meta_lr} |",
+            f"| meta-gradient clipping | {c.clip_grad_norm if c.clip_grad_norm is not None else 'none'} |",
+            f"| problems per iteration | {self.meta_batch_size} |",
+            f"| iterations | {self.iteration} |",
+            f"| seed | {c.seed} |",
+            f"| wall time | {self.elapsed / 60:.1f} min |",
+            f"| best validation loss (mean over the horizon, {c.validation_problems} problems) | {self.best_metric:.5g} |",
+            "",
+        ]
+        if c.command:
+            lines += ["Command:", "", "```bash", c.command, "```", ""]
+        if validation:
+            lines += ["Validation during training:", "", "| iteration | validation loss |", "| ---: | ---: |"]
+            lines += [f"| {r['iteration']} | {r['validation_loss']:.5g} |" for r in validation]
+        return "\n".join(lines)

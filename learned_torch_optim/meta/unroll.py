@@ -1,0 +1,55 @@
+"""The differentiable truncated unroll (paper section 2, figure 2).
+
+Within one truncation of ``T`` steps, starting from ``theta_0`` and LSTM state ``s_0``::
+
+    f_t              = f(theta_t; batch_t)
+    g_t              = grad f_t w.r.t. theta_t          # a constant: no second derivatives (paper 2, "we
+                                                        # assume the gradients do not depend on phi")
+    (u_t, s_{t+1})   = m(g_t, s_t; phi)
+    theta_{t+1}      = theta_t + u_t
+    L(phi)           = sum_{t=0}^{T-1} f_t              # all weights w_t = 1 (paper eq. 3)
+
+``g_t`` is taken with ``torch.autograd.grad`` w.r.t. ``theta_t`` alone, which walks only the graph of ``f_t``:
+the cost of the whole unroll, and of the single backward through ``L`` at its end, is linear in ``T``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..network import CoordinatewiseLSTM
+from .tasks import Problem
+
+
+@dataclass
+class UnrollResult:
+    meta_loss: Tensor
+    """``sum_t f_t`` over the truncation, differentiable w.r.t. the network's parameters."""
+    params: Tensor
+    """``theta_T``, still attached to the graph."""
+    state: Tensor
+    """``s_T``, still attached to the graph."""
+    losses: Tensor
+    """``f_t`` per step, detached (summed over the independent problems)."""
+
+
+def unroll(network: CoordinatewiseLSTM, problem: Problem, params: Tensor, state: Tensor, steps: int) -> UnrollResult:
+    """Run ``steps`` optimizer steps of ``network`` on ``problem`` keeping the graph for the meta-gradient.
+
+    ``params`` and ``state`` are detached here: a truncation never backpropagates into the previous one.
+    """
+    params = params.detach().requires_grad_(True)
+    state = state.detach()
+    meta_loss = params.new_zeros(())
+    losses = []
+    for _ in range(steps):
+        loss = problem.loss(params, problem.sample_batch())
+        (grad,) = torch.autograd.grad(loss, params, retain_graph=True)
+        meta_loss = meta_loss + loss
+        losses.append(loss.detach())
+        update, state = network(grad, state)
+        params = params + update
+    return UnrollResult(meta_loss, params, state, torch.stack(losses))

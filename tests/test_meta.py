@@ -1,0 +1,263 @@
+"""The meta-trainer: golden values from the original implementation, tasks, data, CLI, checkpoints and resume."""
+
+import gzip
+import json
+import struct
+
+import pytest
+import torch
+
+from learned_torch_optim import CoordinatewiseLSTM, LearnedOptimizer
+from learned_torch_optim.meta import MetaTrainer, ModuleTask, Problem, Task, TrainConfig, get_task, unroll
+from learned_torch_optim.meta.cli import main as cli_main
+from learned_torch_optim.meta.data import DataNotFoundError, load_image_classification, read_idx
+from learned_torch_optim.meta.trainer import meta_iteration
+
+
+class Square(Problem):
+    """f(x) = x^2 from x0 = 1: the original implementation's 'simple' problem."""
+
+    def init_params(self):
+        return torch.ones(1)
+
+    def loss(self, params, batch):
+        return params.pow(2).sum()
+
+
+def linear_identity_network() -> CoordinatewiseLSTM:
+    network = CoordinatewiseLSTM(num_layers=0, preprocessing="identity", output_scale=1.0)
+    torch.nn.init.zeros_(network.readout.weight)
+    torch.nn.init.zeros_(network.readout.bias)
+    return network
+
+
+def test_golden_two_unrolls_of_five_steps():
+    network = linear_identity_network()
+    meta_optimizer = torch.optim.Adam(network.parameters(), lr=0.01)
+    params, state = Square().init_params(), network.initial_state(1)
+    result = unroll(network, Square(), params, state, 5)
+    assert result.params.item() == 1.0
+    meta_optimizer.zero_grad()
+    result.meta_loss.backward()
+    meta_optimizer.step()
+    assert network.readout.weight.item() == pytest.approx(-0.01, abs=1e-7)
+    assert network.readout.bias.item() == pytest.approx(-0.01, abs=1e-7)
+    second = unroll(network, Square(), result.params, result.state, 5)
+    assert second.params.item() == pytest.approx(0.8559, abs=1e-4)
+    assert Square().loss(second.params, None).item() == pytest.approx(0.7325327, abs=1e-4)
+
+
+def test_golden_converges_below_1e_5_within_500_epochs():
+    network = linear_identity_network()
+    meta_optimizer = torch.optim.Adam(network.parameters(), lr=1e-2)
+    final_cost = None
+    for _ in range(500):
+        meta_iteration(network, meta_optimizer, Square(), horizon=100, unroll_length=20)
+        with torch.no_grad():
+            x = torch.ones(1)
+            for _ in range(100):
+                update, _ = network(2 * x, network.initial_state(1))
+                x = x + update
+            final_cost = x.pow(2).item()
+        if final_cost < 1e-5:
+            break
+    assert final_cost < 1e-5
+
+
+def test_module_task_gradients_match_the_module():
+    torch.manual_seed(0)
+    task = ModuleTask(
+        "user-mlp",
+        model_factory=lambda gen: torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)),
+        loss_fn=torch.nn.functional.mse_loss,
+        batch_sampler=lambda gen: (torch.randn(8, 3, generator=gen), torch.randn(8, 1, generator=gen)),
+    )
+    problem = task.problem(seed=7)
+    params = problem.init_params().requires_grad_(True)
+    batch = problem.sample_batch()
+    (grad,) = torch.autograd.grad(problem.loss(params, batch), params)
+    model = problem.module
+    model.zero_grad()
+    torch.nn.functional.mse_loss(model(batch[0]), batch[1]).backward()
+    torch.testing.assert_close(grad, torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
+    assert torch.equal(task.problem(seed=7).sample_batch()[0], task.problem(seed=7).sample_batch()[0])
+
+
+def test_quadratic_task_is_the_paper_problem():
+    problem = get_task("quadratic").problem(3)
+    params = problem.init_params()
+    assert params.shape == (10,)
+    expected = (problem.W[0] @ params - problem.y[0]).pow(2).sum()
+    torch.testing.assert_close(problem.loss(params, None), expected)
+    several = get_task("quadratic").problems([3, 4])
+    assert several.num_problems == 2 and several.init_params().shape == (20,)
+
+
+def write_idx(path, array: torch.Tensor) -> None:
+    header = bytes([0, 0, 0x08, array.dim()]) + b"".join(struct.pack(">I", d) for d in array.shape)
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + array.to(torch.uint8).numpy().tobytes())
+
+
+def make_fake_mnist(root, n=64):
+    folder = root / "mnist"
+    folder.mkdir(parents=True)
+    gen = torch.Generator().manual_seed(0)
+    for prefix in ("train", "t10k"):
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", torch.randint(0, 256, (n, 28, 28), generator=gen))
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", torch.randint(0, 10, (n,), generator=gen))
+    return root
+
+
+def test_idx_reader_and_mnist_task_on_generated_files(tmp_path):
+    root = make_fake_mnist(tmp_path)
+    images, labels = load_image_classification("mnist", "train", str(root))
+    assert images.shape == (64, 28, 28) and labels.shape == (64,)
+    assert 0.0 <= images.min() and images.max() <= 1.0
+    raw = read_idx(root / "mnist" / "train-images-idx3-ubyte.gz")
+    torch.testing.assert_close(images, torch.tensor(raw).float() / 255)
+    problem = get_task("mnist-mlp-2layer", data_dir=str(root)).problem(0)
+    assert problem.init_params().numel() == 784 * 20 + 20 + 20 * 20 + 20 + 20 * 10 + 10
+    assert problem.init_params().std() < 0.02
+    inputs, targets = problem.sample_batch()
+    assert inputs.shape == (128, 784) and targets.shape == (128,)
+
+
+def test_missing_data_offline_says_where_to_put_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+    def offline(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr("urllib.request.urlopen", offline)
+    with pytest.raises(DataNotFoundError, match="--data-dir"):
+        load_image_classification("mnist", "test", str(tmp_path / "empty"))
+
+
+def test_unknown_task_is_named():
+    with pytest.raises(ValueError, match="no-such-task"):
+        get_task("no-such-task")
+
+
+def quick_config(**overrides) -> TrainConfig:
+    values = dict(
+        task="quadratic",
+        iterations=4,
+        horizon=20,
+        unroll=10,
+        meta_batch_size=4,
+        validate_every=2,
+        validation_problems=2,
+        checkpoint_every=1,
+        network={"preprocessing": "identity", "output_scale": 1.0, "hidden_size": 8},
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_killed_run_resumes_exactly(tmp_path, monkeypatch):
+    straight = MetaTrainer(quick_config(iterations=6, checkpoint_every=2), tmp_path / "straight")
+    straight.train(progress=False)
+
+    killed = MetaTrainer(quick_config(iterations=6, checkpoint_every=2), tmp_path / "resumed")
+    original = MetaTrainer.train_iteration
+
+    def dies_in_iteration_6(self):
+        if self.iteration == 5:  # checkpoint after iteration 4, iteration 5 done and lost, killed inside 6
+            raise Killed
+        return original(self)
+
+    monkeypatch.setattr(MetaTrainer, "train_iteration", dies_in_iteration_6)
+    with pytest.raises(Killed):
+        killed.train(progress=False)
+    monkeypatch.setattr(MetaTrainer, "train_iteration", original)
+    resumed = MetaTrainer(quick_config(iterations=6, checkpoint_every=2), tmp_path / "resumed")
+    resumed.train(resume=True, progress=False)
+
+    for name, tensor in straight.network.state_dict().items():
+        assert torch.equal(tensor, resumed.network.state_dict()[name]), name
+    for name, tensor in straight.best_state.items():
+        assert torch.equal(tensor, resumed.best_state[name]), name
+
+    def strip(rows):
+        return [{k: v for k, v in row.items() if k != "elapsed_s"} for row in rows]
+
+    lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert strip([json.loads(line) for line in lines]) == strip(straight.rows)
+
+
+def test_existing_run_needs_resume(tmp_path):
+    MetaTrainer(quick_config(iterations=1), tmp_path).train(progress=False)
+    with pytest.raises(FileExistsError, match="--resume"):
+        MetaTrainer(quick_config(iterations=2), tmp_path).train(progress=False)
+
+
+def test_cli_train_writes_weights_the_optimizer_loads(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = cli_main(
+        [
+            "train",
+            "--task",
+            "quadratic",
+            "--out",
+            str(out),
+            "--iterations",
+            "3",
+            "--horizon",
+            "20",
+            "--unroll",
+            "10",
+            "--meta-batch-size",
+            "2",
+            "--validation-problems",
+            "2",
+            "--preprocessing",
+            "identity",
+            "--output-scale",
+            "1.0",
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    assert {"config.json", "model.safetensors", "README.md", "checkpoint.pt", "metrics.jsonl"} <= {
+        p.name for p in out.iterdir()
+    }
+    card = (out / "README.md").read_text()
+    for needle in (
+        "horizon",
+        "unroll",
+        "Adam, lr 0.001",
+        "| iterations | 3 |",
+        "| seed | 0 |",
+        "wall time",
+        "learned-torch-optim train",
+    ):
+        assert needle in card
+    param = torch.nn.Parameter(torch.ones(10))
+    param.grad = torch.ones(10)
+    LearnedOptimizer([param], weights=str(out)).step()
+    assert "weights written to" in capsys.readouterr().out
+
+
+def test_cli_list_and_bad_arguments(capsys):
+    assert cli_main(["list"]) == 0
+    assert "mnist-mlp-relu" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli_main(["train", "--task", "nope", "--out", "x"])
+
+
+class Shifted(Task):
+    name = "shifted"
+
+    def problem(self, seed):
+        return Square()
+
+
+def test_user_task_meta_trains(tmp_path):
+    trainer = MetaTrainer(quick_config(task="square", meta_batch_size=1), tmp_path, task=Shifted())
+    trainer.train(progress=False)
+    assert (tmp_path / "model.safetensors").exists()
