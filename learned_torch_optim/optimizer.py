@@ -6,6 +6,7 @@ math for one group of tensors sharing device and dtype, with a single batched ca
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from collections.abc import Callable
@@ -123,9 +124,11 @@ class LearnedOptimizer(Optimizer):
         return {**super().__getstate__(), "network": self.network}
 
     def _network_on(self, device: torch.device) -> CoordinatewiseLSTM:
+        """The network on ``device``: itself where it lives, a cached copy elsewhere."""
         if device not in self._networks_by_device:
+            home = next(self.network.parameters()).device
             self._networks_by_device[device] = (
-                self.network.to(device) if device != torch.device("cpu") else self.network
+                self.network if home == device else copy.deepcopy(self.network).to(device)
             )
         return self._networks_by_device[device]
 

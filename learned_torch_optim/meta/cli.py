@@ -38,6 +38,7 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--preprocessing", choices=["log_sign", "identity"], default="log_sign")
     p.add_argument("--preprocessing-p", type=float, default=10.0)
     p.add_argument("--output-scale", type=float, default=0.1)
+    p.add_argument("--device", default="cpu", help="torch device for the network and the problems, e.g. cuda")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -57,6 +58,7 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         validation_problems=args.validation_problems,
         checkpoint_every=args.checkpoint_every,
         data_dir=args.data_dir,
+        device=args.device,
         network={
             "hidden_size": args.hidden_size,
             "num_layers": args.num_layers,

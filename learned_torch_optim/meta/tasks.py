@@ -37,6 +37,12 @@ class Problem(ABC):
         """The next minibatch (``None`` for deterministic problems)."""
         return None
 
+    def to(self, device: torch.device | str) -> Problem:
+        """This problem with its tensors (and the minibatches it samples) on ``device``."""
+        if torch.device(device) != torch.device("cpu"):
+            raise NotImplementedError(f"{type(self).__name__} does not implement to({device!r})")
+        return self
+
 
 class Task(ABC):
     """A family of problems.  ``problem(seed)`` must be deterministic in ``seed``."""
@@ -71,6 +77,10 @@ class ConcatenatedProblems(Problem):
     def sample_batch(self) -> Any:
         return [p.sample_batch() for p in self.parts]
 
+    def to(self, device: torch.device | str) -> Problem:
+        self.parts = [p.to(device) for p in self.parts]
+        return self
+
 
 class QuadraticProblems(Problem):
     """``f(theta) = ||W theta - y||^2`` (paper section 3.1), ``k`` independent draws side by side."""
@@ -85,6 +95,10 @@ class QuadraticProblems(Problem):
     def loss(self, params: Tensor, batch: Any) -> Tensor:
         theta = params.view(self.num_problems, -1, 1)
         return (torch.bmm(self.W, theta).squeeze(-1) - self.y).pow(2).sum()
+
+    def to(self, device: torch.device | str) -> Problem:
+        self.W, self.y, self.theta0 = self.W.to(device), self.y.to(device), self.theta0.to(device)
+        return self
 
 
 class QuadraticTask(Task):
@@ -126,6 +140,7 @@ class ModuleProblem(Problem):
         self.names = [name for name, _ in named]
         self.shapes = [p.shape for _, p in named]
         self.theta0 = torch.cat([p.detach().reshape(-1).float() for _, p in named])
+        self.device = torch.device("cpu")
 
     def init_params(self) -> Tensor:
         return self.theta0.clone()
@@ -137,7 +152,14 @@ class ModuleProblem(Problem):
         return self.loss_fn(functional_call(self.module, named, (inputs,)), targets)
 
     def sample_batch(self) -> Any:
-        return self.batch_sampler(self.generator)
+        inputs, targets = self.batch_sampler(self.generator)
+        return inputs.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
+
+    def to(self, device: torch.device | str) -> Problem:
+        self.device = torch.device(device)
+        self.module.to(self.device)
+        self.theta0 = self.theta0.to(self.device)
+        return self
 
 
 class ModuleTask(Task):

@@ -44,6 +44,8 @@ class TrainConfig:
     validation_problems: int = 10
     checkpoint_every: int = 10
     data_dir: str | None = None
+    device: str = "cpu"
+    """Where the network and the problems live (``"cuda"`` for a GPU); random numbers are drawn on the CPU."""
     network: dict[str, Any] = field(default_factory=dict)
     """``CoordinatewiseLSTM`` arguments (its config)."""
     command: str = ""
@@ -89,7 +91,7 @@ def meta_iteration(
     A meta-gradient that is not finite is skipped rather than applied.
     """
     params = problem.init_params()
-    state = network.initial_state(params.numel())
+    state = network.initial_state(params.numel(), device=params.device)
     losses = []
     for _ in range(horizon // unroll_length):
         result = unroll(network, problem, params, state, unroll_length)
@@ -116,7 +118,8 @@ class MetaTrainer:
         self.task = task if task is not None else get_task(config.task, split="train", data_dir=config.data_dir)
         self.meta_batch_size = config.meta_batch_size or self.task.default_meta_batch_size
         torch.manual_seed(config.seed)
-        self.network = CoordinatewiseLSTM(**config.network)
+        self.device = torch.device(config.device)
+        self.network = CoordinatewiseLSTM(**config.network).to(self.device)
         self.meta_optimizer = torch.optim.Adam(self.network.parameters(), lr=config.meta_lr)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.iteration = 0
@@ -145,7 +148,7 @@ class MetaTrainer:
         _write_jsonl(self.out_dir / METRICS, self.rows)
 
     def load_checkpoint(self) -> None:
-        checkpoint = torch.load(self.out_dir / CHECKPOINT, weights_only=True)
+        checkpoint = torch.load(self.out_dir / CHECKPOINT, map_location="cpu", weights_only=True)
         saved = TrainConfig.from_dict(checkpoint["config"])
         for name in ("task", "horizon", "unroll", "meta_lr", "seed", "network", "meta_batch_size"):
             if getattr(saved, name) != getattr(self.config, name):
@@ -172,7 +175,7 @@ class MetaTrainer:
         return meta_iteration(
             self.network,
             self.meta_optimizer,
-            self.task.problems(seeds),
+            self.task.problems(seeds).to(self.device),
             horizon=self.config.horizon,
             unroll_length=self.config.unroll,
             clip_grad_norm=self.config.clip_grad_norm,
@@ -183,7 +186,9 @@ class MetaTrainer:
         from .evaluate import run_learned
 
         seeds = [VALIDATION_SEED + i for i in range(self.config.validation_problems)]
-        curves = [run_learned(self.network, self.task.problem(seed), self.config.horizon) for seed in seeds]
+        curves = [
+            run_learned(self.network, self.task.problem(seed).to(self.device), self.config.horizon) for seed in seeds
+        ]
         metric = torch.stack(curves).mean().item()
         return metric if math.isfinite(metric) else math.inf
 
@@ -251,7 +256,8 @@ class MetaTrainer:
             f"| iterations | {self.iteration} |",
             f"| seed | {c.seed} |",
             f"| wall time | {self.elapsed / 60:.1f} min |",
-            f"| best validation loss (mean over the horizon, {c.validation_problems} problems) | {self.best_metric:.5g} |",
+            f"| validation problems | {c.validation_problems} |",
+            f"| best validation loss (mean over the horizon) | {self.best_metric:.5g} |",
             "",
         ]
         if c.command:

@@ -1,0 +1,67 @@
+"""Packaged weights: listing, checksums, the default name, and errors that name the weights."""
+
+import hashlib
+
+import pytest
+import torch
+
+from learned_torch_optim import CoordinatewiseLSTM, LearnedOptimizer, WeightsError, list_pretrained, load_weights
+from learned_torch_optim import weights as weights_module
+
+
+@pytest.fixture
+def packaged(tmp_path, monkeypatch):
+    """A packaged-weights folder holding one set, 'l2l-paper-mnist', with its SHA256SUMS."""
+    torch.manual_seed(0)
+    folder = tmp_path / "l2l-paper-mnist"
+    CoordinatewiseLSTM().save_pretrained(folder)
+    (folder / "DESCRIPTION").write_text("a test weight set\n")
+    sums = "".join(
+        f"{hashlib.sha256((folder / name).read_bytes()).hexdigest()}  l2l-paper-mnist/{name}\n"
+        for name in ("config.json", "model.safetensors")
+    )
+    (tmp_path / "SHA256SUMS").write_text(sums)
+    monkeypatch.setattr(weights_module, "packaged_root", lambda: tmp_path)
+    return folder
+
+
+def test_list_and_default_resolve_to_packaged_set(packaged):
+    assert list_pretrained() == {"l2l-paper-mnist": "a test weight set"}
+    network = load_weights("default")
+    assert network.weights_identity.source == "l2l-paper-mnist"
+    assert network.weights_identity.sha256 == load_weights(packaged).weights_identity.sha256
+    LearnedOptimizer([torch.nn.Parameter(torch.ones(2))])
+
+
+def test_corrupt_packaged_file_fails_its_checksum(packaged):
+    data = bytearray((packaged / "model.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (packaged / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match="l2l-paper-mnist.*sha256"):
+        load_weights("l2l-paper-mnist")
+
+
+def test_unknown_name_lists_what_exists(packaged):
+    with pytest.raises(WeightsError, match="no-such.*l2l-paper-mnist"):
+        load_weights("no-such")
+
+
+def test_folder_with_bad_safetensors_or_mismatched_config_is_named(tmp_path):
+    torch.manual_seed(0)
+    CoordinatewiseLSTM().save_pretrained(tmp_path / "bad")
+    (tmp_path / "bad" / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(WeightsError, match="bad"):
+        load_weights(tmp_path / "bad")
+    CoordinatewiseLSTM(hidden_size=8).save_pretrained(tmp_path / "mismatch")
+    (tmp_path / "mismatch" / "config.json").write_text('{"hidden_size": 20}')
+    with pytest.raises(WeightsError, match="mismatch"):
+        load_weights(tmp_path / "mismatch")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(WeightsError, match="config.json is missing"):
+        load_weights(tmp_path / "empty")
+
+
+def test_packaged_sets_in_the_repository_verify():
+    for name in list_pretrained():
+        network = load_weights(name)
+        assert network.weights_identity.source == name
