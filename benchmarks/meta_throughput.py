@@ -81,13 +81,13 @@ def main() -> None:
     torch.manual_seed(0)
     ours = CoordinatewiseLSTM()
     naive = NaiveLSTMOptimizer()
+    ours_opt = torch.optim.Adam(ours.parameters(), lr=1e-3)
+    naive_opt = torch.optim.Adam(naive.parameters(), lr=1e-3)
     results = {}
     for label, run in (
         ("ours", lambda p: meta_iteration(ours, ours_opt, p, horizon=args.horizon, unroll_length=args.unroll)),
         ("straightforward", lambda p: naive_iteration(naive, naive_opt, p, args.horizon, args.unroll)),
     ):
-        ours_opt = torch.optim.Adam(ours.parameters(), lr=1e-3)
-        naive_opt = torch.optim.Adam(naive.parameters(), lr=1e-3)
         run(task.problem(12345))  # warm-up
         start = time.perf_counter()
         for i in range(args.iterations):

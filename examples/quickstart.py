@@ -41,7 +41,8 @@ def load_data(data_dir: str | None) -> tuple[str, tuple[torch.Tensor, ...]]:
         centers = torch.rand(10, 784, generator=generator)
         labels = torch.randint(10, (12000,), generator=generator)
         images = (centers[labels] + 0.3 * torch.randn(12000, 784, generator=generator)).clamp(0, 1)
-        return "synthetic 10-class data (no MNIST files found)", (images[:10000], labels[:10000], images[10000:], labels[10000:])
+        split = (images[:10000], labels[:10000], images[10000:], labels[10000:])
+        return "synthetic 10-class data (no MNIST files found)", split
 
 
 def make_model(seed: int) -> nn.Module:
