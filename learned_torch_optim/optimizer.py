@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.distributed.tensor import DTensor
 from torch.optim.optimizer import Optimizer, ParamsT
 
 from .network import CoordinatewiseLSTM
@@ -26,6 +27,24 @@ STATE_KEY = "lstm_state"
 
 def _real(tensor: Tensor) -> Tensor:
     return torch.view_as_real(tensor) if tensor.is_complex() else tensor
+
+
+def _local(tensor: Tensor) -> Tensor:
+    """The shard this process holds of a DTensor (FSDP2), sharing its storage; other tensors as they are."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def _zero_state(param: Tensor, state_size: int) -> Tensor:
+    """Zero LSTM state of shape ``param.shape + (state_size,)``, sharded like ``param`` when it is a DTensor."""
+    local_shape = (*_real(_local(param)).shape, state_size)
+    local = torch.zeros(local_shape, dtype=torch.float32, device=param.device)
+    if not isinstance(param, DTensor):
+        return local
+    global_shape = (*_real(param).shape, state_size)
+    stride = torch.empty(global_shape, device="meta").stride()
+    return DTensor.from_local(
+        local, param.device_mesh, param.placements, run_check=False, shape=global_shape, stride=stride
+    )
 
 
 def learned_step(
@@ -148,12 +167,10 @@ class LearnedOptimizer(Optimizer):
             state = self.state[p]
             if len(state) == 0:
                 state["step"] = torch.tensor(0.0, dtype=torch.float32)
-                state[STATE_KEY] = torch.zeros(
-                    (*_real(p).shape, self.network.state_size), dtype=torch.float32, device=p.device
-                )
-            params.append(p)
-            grads.append(p.grad)
-            states.append(state[STATE_KEY])
+                state[STATE_KEY] = _zero_state(p, self.network.state_size)
+            params.append(_local(p))
+            grads.append(_local(p.grad))
+            states.append(_local(state[STATE_KEY]))
             steps.append(state["step"])
 
     @torch.no_grad()

@@ -1,0 +1,65 @@
+"""LearnedOptimizer under DDP, FSDP2 (+ DCP) and ZeroRedundancyOptimizer: 2 CPU processes with gloo."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from learned_torch_optim import CoordinatewiseLSTM, LearnedOptimizer
+
+WORKER = Path(__file__).with_name("distributed_worker.py")
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
+
+
+def launch(mode: str, weights: Path, out: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    result = subprocess.run(
+        [*command, str(WORKER), mode, str(weights), str(out)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def distributed_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distributed")
+    torch.manual_seed(42)
+    CoordinatewiseLSTM().save_pretrained(root / "weights")
+    launch("train", root / "weights", root)
+    launch("restore", root / "weights", root)
+    return root
+
+
+def single_process_params(weights: Path) -> dict[str, torch.Tensor]:
+    sys.path.insert(0, str(WORKER.parent))
+    try:
+        from distributed_worker import STEPS, global_batch, make_model
+    finally:
+        sys.path.pop(0)
+    model = make_model()
+    optimizer = LearnedOptimizer(model.parameters(), weights=weights)
+    for step in range(STEPS):
+        inputs, targets = global_batch(step)
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(model(inputs), targets).backward()
+        optimizer.step()
+    return {name: p.detach() for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("run", ["ddp", "fsdp", "zero", "restored"])
+def test_two_processes_reproduce_the_single_process_trajectory(distributed_run, run):
+    expected = single_process_params(distributed_run / "weights")
+    got = load_file(str(distributed_run / f"{run}.safetensors"))
+    for name, tensor in expected.items():
+        assert (got[name] - tensor).abs().max() < 1e-5, name
+
+
+def test_fsdp_shards_the_lstm_state(distributed_run):
+    fraction = json.loads((distributed_run / "train-rank0.json").read_text())["fsdp_state_fraction"]
+    assert 0.3 < fraction < 0.7
