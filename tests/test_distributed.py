@@ -63,3 +63,69 @@ def test_two_processes_reproduce_the_single_process_trajectory(distributed_run, 
 def test_fsdp_shards_the_lstm_state(distributed_run):
     fraction = json.loads((distributed_run / "train-rank0.json").read_text())["fsdp_state_fraction"]
     assert 0.3 < fraction < 0.7
+
+
+def test_torchrun_meta_training_equals_single_process_of_the_same_budget(tmp_path):
+    common = [
+        "train",
+        "--task",
+        "quadratic",
+        "--iterations",
+        "3",
+        "--horizon",
+        "20",
+        "--unroll",
+        "10",
+        "--validation-problems",
+        "2",
+        "--validate-every",
+        "3",
+        "--hidden-size",
+        "8",
+        "--preprocessing",
+        "identity",
+        "--output-scale",
+        "1.0",
+        "--no-progress",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    two = subprocess.run(
+        [
+            *torchrun,
+            "-m",
+            "learned_torch_optim.meta",
+            *common,
+            "--meta-batch-size",
+            "1",
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "learned_torch_optim.meta",
+            *common,
+            "--meta-batch-size",
+            "2",
+            "--out",
+            str(tmp_path / "one"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+    distributed = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=True)["network"]
+    single = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=True)["network"]
+    for name, tensor in single.items():
+        torch.testing.assert_close(distributed[name], tensor, rtol=1e-4, atol=1e-5)
+    LearnedOptimizer([torch.nn.Parameter(torch.ones(3))], weights=tmp_path / "two")

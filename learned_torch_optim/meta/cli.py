@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ..weights import DEFAULT_WEIGHTS, list_pretrained
 from .tasks import TASK_DESCRIPTIONS
@@ -42,8 +42,26 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _init_distributed(device: str) -> str:
+    """Join the process group when started by torchrun; returns this process's device."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return device
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    if device == "cuda":
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+        torch.cuda.set_device(device)
+    return device
+
+
 def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .trainer import MetaTrainer, TrainConfig
+
+    device = _init_distributed(args.device)
 
     config = TrainConfig(
         task=args.task,
@@ -58,7 +76,7 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         validation_problems=args.validation_problems,
         checkpoint_every=args.checkpoint_every,
         data_dir=args.data_dir,
-        device=args.device,
+        device=device,
         network={
             "hidden_size": args.hidden_size,
             "num_layers": args.num_layers,
@@ -68,8 +86,14 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         },
         command="learned-torch-optim " + " ".join(shlex.quote(a) for a in argv if a != "--resume"),
     )
-    out = MetaTrainer(config, args.out).train(resume=args.resume, progress=not args.no_progress)
-    print(f"weights written to {out} (load with LearnedOptimizer(params, weights={str(out)!r}))")
+    trainer = MetaTrainer(config, args.out)
+    out = trainer.train(resume=args.resume, progress=not args.no_progress)
+    if trainer.rank == 0:
+        print(f"weights written to {out} (load with LearnedOptimizer(params, weights={str(out)!r}))")
+    if trainer.world_size > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
     return 0
 
 
@@ -87,6 +111,115 @@ def _list(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
+    from .evaluate import BASELINES, DEFAULT_BASELINES
+
+    p = subparsers.add_parser(
+        "evaluate",
+        help="compare learned weights with tuned Adam, RMSprop, SGD and NAG on a task",
+        description="Run the learned optimizer (lr 1) and the baselines (each lr tuned on half-decades from 1e-4 to 1) "
+        "on the same --problems problems and minibatches for --steps steps; score each by the loss summed over the "
+        "horizon, averaged over problems. Writes results.json, results.md and curves.png into --out and prints a "
+        "table. Baseline runs are cached, so evaluating new weights reruns only the learned optimizer.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--weights",
+        default=None,
+        help="packaged name, save_pretrained folder or hub repo id; omit to evaluate the baselines only",
+    )
+    p.add_argument("--revision", default=None, help="branch, tag or commit when --weights is a hub repo id")
+    p.add_argument("--task", required=True, choices=sorted(TASK_DESCRIPTIONS), help="built-in task family")
+    p.add_argument("--out", required=True, help="folder for results.json, results.md and curves.png")
+    p.add_argument("--problems", type=_int_at_least(1), default=10, help="problems every optimizer runs on")
+    p.add_argument("--steps", type=_int_at_least(1), default=100, help="optimizer steps per problem")
+    p.add_argument("--split", choices=["test", "train"], default="test", help="data split of the MNIST tasks")
+    p.add_argument("--data-dir", default=None, help="folder with one sub-folder per dataset (DIR/mnist/...)")
+    p.add_argument("--seed", type=_int_at_least(0), default=0, help="selects the evaluation problems")
+    p.add_argument(
+        "--optimizers", nargs="*", choices=list(BASELINES), default=list(DEFAULT_BASELINES), help="baselines to run"
+    )
+    p.add_argument("--lr-grid", nargs="+", type=float, default=None, help="baseline lrs (default: 1e-4 ... 1)")
+    p.add_argument("--learned-lr-grid", nargs="+", type=float, default=[1.0], help="lrs of the learned optimizer")
+    p.add_argument("--cache-dir", default=None, help="baseline cache (default ~/.cache/learned_torch_optim/baselines)")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the baseline cache")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _evaluate(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .evaluate import HALF_DECADES, evaluate, format_results_table
+
+    result = evaluate(
+        args.weights,
+        args.task,
+        problems=args.problems,
+        steps=args.steps,
+        lr_grid=args.lr_grid or HALF_DECADES,
+        learned_lr_grid=args.learned_lr_grid,
+        optimizers=args.optimizers,
+        seed=args.seed,
+        split=args.split,
+        data_dir=args.data_dir,
+        revision=args.revision,
+        cache=not args.no_cache,
+        cache_dir=args.cache_dir,
+        progress=not args.no_progress,
+    )
+    written = result.save(args.out)
+    print(format_results_table(result))
+    print("wrote " + ", ".join(str(path) for path in written))
+    return 0
+
+
+def _add_publish(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "publish",
+        help="upload a run's weights and a model card to the Hugging Face hub",
+        description="Upload config.json, model.safetensors and a generated model card README.md (recipe, evaluation, "
+        "usage) from RUN_DIR to a hub model repo, in one commit. Uses the logged-in token (hf auth login) or HF_TOKEN.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run directory of `train` (config.json, model.safetensors)")
+    p.add_argument("--repo-id", required=True, help="hub model repo, org/name (created if missing)")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--revision", default=None, help="branch to commit to (created if missing; default main)")
+    p.add_argument("--commit-message", default=None, help="summary line of the hub commit")
+    p.add_argument("--dry-run", action="store_true", help="print the files and the model card; upload nothing")
+
+
+def _publish(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .publish import publish
+
+    result = publish(
+        args.run_dir,
+        args.repo_id,
+        private=args.private,
+        revision=args.revision,
+        commit_message=args.commit_message,
+        dry_run=args.dry_run,
+    )
+    if result.commit is None:
+        print(result.plan.describe())
+        print("dry run: nothing uploaded")
+    else:
+        revision_arg = f", revision={result.commit.oid!r}" if result.commit.oid else ""
+        print(f"published {', '.join(result.plan.files)} to {args.repo_id}: {result.commit.commit_url}")
+        print(f"load with LearnedOptimizer(params, weights={args.repo_id!r}{revision_arg})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="learned-torch-optim",
@@ -95,10 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_train(subparsers)
     subparsers.add_parser("list", help="list packaged weights and built-in tasks")
+    _add_publish(subparsers)
+    _add_evaluate(subparsers)
     return parser
 
 
-COMMANDS = {"train": _train, "list": _list}
+COMMANDS = {"train": _train, "list": _list, "publish": _publish, "evaluate": _evaluate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

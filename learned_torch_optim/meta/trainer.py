@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .. import __version__
@@ -84,11 +85,14 @@ def meta_iteration(
     horizon: int,
     unroll_length: int,
     clip_grad_norm: float | None = None,
+    average_across_processes: bool = False,
 ) -> float:
     """Optimise ``problem`` for ``horizon`` steps from its initial parameters and a zero LSTM state, with one
     meta-update of ``network`` per truncation of ``unroll_length`` steps; returns the mean loss per problem.
 
-    A meta-gradient that is not finite is skipped rather than applied.
+    With ``average_across_processes`` (``torch.distributed`` initialised) the meta-gradients and the returned loss
+    are averaged over the processes, each of which brings its own problems.  A meta-gradient that is not finite is
+    skipped rather than applied.
     """
     params = problem.init_params()
     state = network.initial_state(params.numel(), device=params.device)
@@ -97,17 +101,35 @@ def meta_iteration(
         result = unroll(network, problem, params, state, unroll_length)
         meta_optimizer.zero_grad()
         (result.meta_loss / problem.num_problems).backward()
+        if average_across_processes:
+            _all_reduce_mean([p.grad for p in network.parameters()])
         if clip_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(network.parameters(), clip_grad_norm)
         if all(torch.isfinite(p.grad).all() for p in network.parameters()):
             meta_optimizer.step()
         params, state = result.params, result.state
         losses.append(result.losses / problem.num_problems)
-    return torch.cat(losses).mean().item()
+    mean_loss = torch.cat(losses).mean().reshape(1)
+    if average_across_processes:
+        _all_reduce_mean([mean_loss])
+    return mean_loss.item()
+
+
+def _all_reduce_mean(tensors: list[torch.Tensor]) -> None:
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    torch._foreach_copy_(
+        tensors, [chunk.view_as(t) for chunk, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
+    )
 
 
 class MetaTrainer:
     """Meta-trains one network on one task into ``out_dir``.
+
+    Under ``torchrun`` (``torch.distributed`` initialised) every process meta-trains on its own
+    ``meta_batch_size`` problems per iteration, the meta-gradients are averaged, and only rank 0 writes
+    checkpoints, logs and weights; all processes start from and resume the same checkpoint.
 
     ``task`` may be a :class:`Task` of the user's; otherwise ``config.task`` names a built-in one (training split).
     """
@@ -117,6 +139,9 @@ class MetaTrainer:
         self.out_dir = Path(out_dir)
         self.task = task if task is not None else get_task(config.task, split="train", data_dir=config.data_dir)
         self.meta_batch_size = config.meta_batch_size or self.task.default_meta_batch_size
+        distributed = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank() if distributed else 0
+        self.world_size = dist.get_world_size() if distributed else 1
         torch.manual_seed(config.seed)
         self.device = torch.device(config.device)
         self.network = CoordinatewiseLSTM(**config.network).to(self.device)
@@ -143,9 +168,13 @@ class MetaTrainer:
         }
 
     def save_checkpoint(self) -> None:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write_bytes(self.out_dir / CHECKPOINT, lambda tmp: torch.save(self._checkpoint(), tmp))
-        _write_jsonl(self.out_dir / METRICS, self.rows)
+        """Write ``checkpoint.pt`` and ``metrics.jsonl`` atomically (rank 0; the others wait for it)."""
+        if self.rank == 0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            _atomic_write_bytes(self.out_dir / CHECKPOINT, lambda tmp: torch.save(self._checkpoint(), tmp))
+            _write_jsonl(self.out_dir / METRICS, self.rows)
+        if self.world_size > 1:
+            dist.barrier()
 
     def load_checkpoint(self) -> None:
         checkpoint = torch.load(self.out_dir / CHECKPOINT, map_location="cpu", weights_only=True)
@@ -171,7 +200,9 @@ class MetaTrainer:
     # -- one iteration -----------------------------------------------------------------------------------------
     def train_iteration(self) -> float:
         """Sample fresh problems and meta-train on them over one horizon; their mean loss."""
-        seeds = torch.randint(2**62, (self.meta_batch_size,), generator=self.generator).tolist()
+        k = self.meta_batch_size
+        seeds = torch.randint(2**62, (self.world_size * k,), generator=self.generator).tolist()
+        seeds = seeds[self.rank * k : (self.rank + 1) * k]
         return meta_iteration(
             self.network,
             self.meta_optimizer,
@@ -179,6 +210,7 @@ class MetaTrainer:
             horizon=self.config.horizon,
             unroll_length=self.config.unroll,
             clip_grad_norm=self.config.clip_grad_norm,
+            average_across_processes=self.world_size > 1,
         )
 
     def validate(self) -> float:
@@ -201,7 +233,12 @@ class MetaTrainer:
                     f"{self.out_dir / CHECKPOINT} exists: pass --resume to continue that run, or choose another --out"
                 )
             self.load_checkpoint()
-        bar = tqdm(total=self.config.iterations, initial=self.iteration, disable=not progress, desc="meta-train")
+        bar = tqdm(
+            total=self.config.iterations,
+            initial=self.iteration,
+            disable=not progress or self.rank != 0,
+            desc="meta-train",
+        )
         started = time.perf_counter() - self.elapsed
         while self.iteration < self.config.iterations:
             meta_loss = self.train_iteration()
@@ -221,7 +258,8 @@ class MetaTrainer:
             if self.iteration % self.config.checkpoint_every == 0 or self.iteration == self.config.iterations:
                 self.save_checkpoint()
         bar.close()
-        self.save_weights()
+        if self.rank == 0:
+            self.save_weights()
         return self.out_dir
 
     def save_weights(self) -> None:
