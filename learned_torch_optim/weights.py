@@ -10,22 +10,32 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
 import torch
+from huggingface_hub import constants, hf_hub_download
 from huggingface_hub.errors import (
+    GatedRepoError,
     HfHubHTTPError,
     LocalEntryNotFoundError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
 
+try:
+    from huggingface_hub.errors import RemoteEntryNotFoundError
+except ImportError:  # huggingface_hub < 1.0 names the hub's 404-for-a-file error EntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError as RemoteEntryNotFoundError
+
 from .network import CoordinatewiseLSTM
 
 DEFAULT_WEIGHTS = "l2l-paper-mnist"
 CHECKSUMS_FILE = "SHA256SUMS"
+_HEX40 = re.compile(r"[0-9a-f]{40}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 class WeightsError(ValueError):
@@ -119,22 +129,106 @@ def _looks_like_repo_id(text: str) -> bool:
     return len(parts) == 2 and all(parts) and not text.startswith((".", "~"))
 
 
-def _load_from_hub(repo_id: str, revision: str | None) -> CoordinatewiseLSTM:
-    label = f"hub repo {repo_id!r}" + (f" at revision {revision!r}" if revision else "")
-    try:
-        return CoordinatewiseLSTM.from_pretrained(repo_id, revision=revision)
-    except LocalEntryNotFoundError as error:
+def _git_blob_sha1(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
+
+
+def _verify_hub_file(path: str, label: str, file_name: str) -> None:
+    """Check a file of the hub cache against the checksum the hub sent for it (its ETag names the blob).
+
+    In the hub cache a snapshot file is a link to ``blobs/<etag>``: the sha256 of the content for LFS files, the git
+    blob sha1 for the others.  Where the cache holds copies instead of links (no symlink support) there is nothing
+    to compare with and the check is skipped.
+    """
+    if not os.path.islink(path):
+        return
+    # One level only: blobs/<etag> may itself link into a shared store named by another hash.
+    blob = Path(path).parent / os.readlink(path)
+    etag = blob.name.lower()
+    data = Path(path).read_bytes()
+    if _HEX64.fullmatch(etag):
+        actual = hashlib.sha256(data).hexdigest()
+    elif _HEX40.fullmatch(etag):
+        actual = _git_blob_sha1(data)
+    else:
+        return
+    if actual != etag:
         raise WeightsError(
-            f"weights {label} are not in the local hub cache and the hub cannot be reached "
-            f"(HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '')!r}); download them once while online, or pass "
-            f"weights=<a local folder written by save_pretrained>"
+            f"weights {label}: the cached {file_name} ({blob}) does not match the checksum the hub sent for it "
+            f"({etag}); the cache is corrupt. Delete {blob} (or the whole folder {blob.parent.parent}) and load "
+            "again to download it afresh"
+        )
+
+
+def _hub_download(repo_id: str, file_name: str, revision: str | None, label: str) -> str:
+    """Download ``file_name`` of a hub repo into the hub cache (or find it there); hub errors become WeightsError."""
+    try:
+        return hf_hub_download(repo_id=repo_id, filename=file_name, revision=revision)
+    except LocalEntryNotFoundError as error:
+        if constants.is_offline_mode():
+            why = "offline mode is on (HF_HUB_OFFLINE=1)"
+        else:
+            cause = str(error.__cause__ or "").strip().splitlines()
+            why = f"the hub at {constants.ENDPOINT} could not be reached" + (f" ({cause[0]})" if cause else "")
+        raise WeightsError(
+            f"weights {label}: {file_name} is not in the local hub cache ({constants.HF_HUB_CACHE}) and {why}. "
+            f"Download the weights once while online (they are then cached), or pass a local directory instead: "
+            f"weights='path/to/folder' holding config.json and model.safetensors (e.g. from "
+            f"`hf download {repo_id} --local-dir path/to/folder` or CoordinatewiseLSTM.save_pretrained)"
         ) from error
-    except (RepositoryNotFoundError, RevisionNotFoundError) as error:
-        raise WeightsError(f"weights {label}: not found on the hub ({type(error).__name__})") from error
+    except GatedRepoError as error:
+        raise WeightsError(
+            f"weights {label}: the repo is gated; accept its conditions on the hub and log in (`hf auth login` or "
+            "HF_TOKEN)"
+        ) from error
+    except RepositoryNotFoundError as error:
+        raise WeightsError(
+            f"weights {label}: repository not found on the hub at {constants.ENDPOINT} (it does not exist, or it is "
+            "private and no valid token was given: log in with `hf auth login` or set HF_TOKEN)"
+        ) from error
+    except RevisionNotFoundError as error:
+        raise WeightsError(f"weights {label}: the repo has no revision {revision!r} (branch, tag or commit)") from error
+    except RemoteEntryNotFoundError as error:
+        raise WeightsError(
+            f"weights {label}: the repo has no {file_name}; learned_torch_optim weights are a config.json and a "
+            "model.safetensors written by CoordinatewiseLSTM.save_pretrained"
+        ) from error
     except HfHubHTTPError as error:
-        raise WeightsError(f"weights {label}: download failed: {error}") from error
-    except Exception as error:
-        raise WeightsError(f"weights {label}: cannot load: {error}") from error
+        raise WeightsError(f"weights {label}: downloading {file_name} failed: {error}") from error
+    except Exception as error:  # connection and protocol errors, size mismatches, malformed repo ids
+        raise WeightsError(f"weights {label}: downloading {file_name} failed: {error}") from error
+
+
+def _load_from_hub(repo_id: str, revision: str | None) -> tuple[CoordinatewiseLSTM, str | None]:
+    """Download (or find in the hub cache) and load the weights of a hub repo.
+
+    ``config.json`` is resolved first, so that a missing repo, revision or file, or an offline miss, is an error
+    here instead of a network built from the default configuration.  Both files are then taken from the one commit
+    that ``revision`` resolved to, checked against the hub's checksums and loaded strictly by
+    :meth:`CoordinatewiseLSTM.from_pretrained`.
+
+    Returns:
+        ``(network, commit)``: the commit hash the files came from (``revision`` if it could not be told).
+    """
+    label = f"hub repo {repo_id!r}" + (f" at revision {revision!r}" if revision else "")
+    config_path = _hub_download(repo_id, "config.json", revision, label)
+    snapshot = Path(config_path).parent.name
+    commit = snapshot if _HEX40.fullmatch(snapshot) else revision
+    weights_path = _hub_download(repo_id, "model.safetensors", commit, label)
+    _verify_hub_file(config_path, label, "config.json")
+    _verify_hub_file(weights_path, label, "model.safetensors")
+    try:
+        json.loads(Path(config_path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise WeightsError(f"weights {label}: config.json ({config_path}) is not valid JSON: {error}") from error
+    try:
+        # Both files are in the cache at this commit: from_pretrained reads them without another request.
+        network = CoordinatewiseLSTM.from_pretrained(repo_id, revision=commit)
+    except WeightsError:
+        raise
+    except Exception as error:  # safetensors, torch (tensors not matching config.json) and the hub raise their own
+        raise WeightsError(f"weights {label}: cannot load {weights_path} with config {config_path}: {error}") from error
+    return network, commit
 
 
 def load_weights(
@@ -147,7 +241,8 @@ def load_weights(
             :func:`list_pretrained`; ``"default"`` is ``"l2l-paper-mnist"``), or a hub repo id ``org/name``.
         revision: branch, tag or commit of a hub repo; only meaningful for repo ids.
 
-    The returned network carries ``weights_identity``, a :class:`WeightsIdentity`.
+    The returned network carries ``weights_identity``, a :class:`WeightsIdentity`; for a hub repo its ``revision``
+    is the commit the files were downloaded at (what ``revision`` resolved to).
     """
     if isinstance(weights, CoordinatewiseLSTM):
         network, source, used_revision = weights, "<instance>", None
@@ -166,7 +261,8 @@ def load_weights(
             _verify_packaged(name, packaged)
             network, source = _load_folder(packaged, f"packaged {name!r}"), name
         elif _looks_like_repo_id(text):
-            network, source, used_revision = _load_from_hub(text, revision), text, revision
+            network, used_revision = _load_from_hub(text, revision)
+            source = text
         else:
             available = ", ".join(sorted(list_pretrained())) or "none packaged"
             raise WeightsError(

@@ -1,0 +1,272 @@
+"""Publishing a meta-training run to the Hugging Face hub: its weights and a model card.
+
+``learned-torch-optim publish RUN_DIR --repo-id org/name`` uploads exactly three files in one commit:
+
+- ``config.json`` and ``model.safetensors`` as ``train`` wrote them (checked first: they must load strictly);
+- ``README.md``, a model card built here: YAML front matter (``library_name: learned_torch_optim``, the
+  ``learned-optimizer`` tag, ``license: mit``), a usage snippet, the network's settings, the meta-training recipe
+  (the ``## Meta-training recipe`` section of the run's own ``README.md``), the evaluation (``evaluation.md`` or
+  ``results.json`` in the run folder, when there is one) and the sha256 of the two weight files.
+
+``--dry-run`` builds the same card and prints what would be uploaded without any network access.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, ModelCard, ModelCardData
+
+from ..weights import load_weights
+
+WEIGHT_FILES = ("config.json", "model.safetensors")
+CARD_FILE = "README.md"
+RECIPE_HEADING = "## Meta-training recipe"
+CARD_TAGS = ["learned-optimizer", "optimizer", "l2l", "pytorch"]
+PAPER_URL = "https://arxiv.org/abs/1606.04474"
+REPO_URL = "https://github.com/learned-torch-optim/learned_torch_optim"
+
+_NAME_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
+_REPO_ID = re.compile(rf"{_NAME_PART}/{_NAME_PART}")
+_SCALAR = (str, int, float, bool, type(None))
+
+
+class PublishError(ValueError):
+    """A run that cannot be published, or a hub that refused it; the message names the run or the repo."""
+
+
+@dataclass
+class PublishPlan:
+    """What :func:`publish` uploads: file contents by path in the repo (the card last)."""
+
+    run_dir: Path
+    repo_id: str
+    revision: str | None
+    files: dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def card(self) -> str:
+        return self.files[CARD_FILE].decode("utf-8")
+
+    def describe(self) -> str:
+        """A listing of the files with their sizes, followed by the model card."""
+        target = self.repo_id + (f" (branch {self.revision})" if self.revision else "")
+        lines = [f"Would upload to {target} from {self.run_dir}:"]
+        lines += [f"  {name:<20} {len(data):>10,} bytes" for name, data in self.files.items()]
+        lines += ["", f"--- {CARD_FILE} ---", self.card.rstrip(), f"--- end of {CARD_FILE} ---"]
+        return "\n".join(lines)
+
+
+@dataclass
+class PublishResult:
+    """The outcome of :func:`publish`: the plan, and the hub commit (``None`` for a dry run)."""
+
+    plan: PublishPlan
+    commit: CommitInfo | None
+
+
+def validate_repo_id(repo_id: str) -> str:
+    """Return ``repo_id`` if it has the form ``org/name``; raise :class:`PublishError` otherwise."""
+    if not isinstance(repo_id, str) or not _REPO_ID.fullmatch(repo_id) or "--" in repo_id or ".." in repo_id:
+        raise PublishError(
+            f"repo id {repo_id!r} does not look like 'org/name' (letters, digits, '-', '_' and '.', "
+            "one '/', at most 96 characters each side)"
+        )
+    return repo_id
+
+
+def extract_recipe(readme: str) -> str | None:
+    """The ``## Meta-training recipe`` section of a run's README (up to the next ``## `` heading), or None."""
+    lines = readme.splitlines()
+    for start, line in enumerate(lines):
+        if line.strip() == RECIPE_HEADING:
+            end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+            return "\n".join(lines[start:end]).strip()
+    return None
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value).replace("|", "\\|")
+
+
+def _table(rows: dict[str, dict[str, Any]], first: str) -> str:
+    columns: list[str] = []
+    for fields in rows.values():
+        columns += [key for key, value in fields.items() if isinstance(value, _SCALAR) and key not in columns]
+    lines = [f"| {first} | " + " | ".join(columns) + " |", "| --- |" + " ---: |" * len(columns)]
+    for name, fields in rows.items():
+        lines.append(f"| {_cell(name)} | " + " | ".join(_cell(fields.get(c)) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def _render_results(data: Any, depth: int = 0) -> list[str]:
+    """Markdown for a results.json: a table of per-optimizer scalars, nested mappings as sub-sections."""
+    if isinstance(data, list):  # [{"optimizer": "adam", "best_lr": ...}, ...]
+        data = {
+            str(entry.get("optimizer", entry.get("name", i))): {
+                k: v for k, v in entry.items() if k not in ("optimizer", "name")
+            }
+            for i, entry in enumerate(data)
+            if isinstance(entry, dict)
+        }
+    if not isinstance(data, dict) or depth > 3:
+        return []
+    out: list[str] = []
+    scalars = {k: v for k, v in data.items() if isinstance(v, _SCALAR)}
+    rows = {k: v for k, v in data.items() if isinstance(v, dict) and any(isinstance(x, _SCALAR) for x in v.values())}
+    if scalars:
+        out += [", ".join(f"{key}: {_cell(value)}" for key, value in scalars.items()), ""]
+    if rows:
+        out += [_table(rows, "optimizer"), ""]
+    for key, value in data.items():
+        if isinstance(value, (dict, list)) and key not in rows:
+            inner = _render_results(value, depth + 1)
+            if inner:
+                out += [f"**{key}**", "", *inner]
+    return out
+
+
+def evaluation_markdown(run_dir: Path) -> str | None:
+    """The evaluation section of the card: ``evaluation.md`` verbatim, else ``results.json`` rendered, else None."""
+    markdown_file, results_file = run_dir / "evaluation.md", run_dir / "results.json"
+    if markdown_file.is_file():
+        return markdown_file.read_text(encoding="utf-8").strip()
+    if not results_file.is_file():
+        return None
+    try:
+        data = json.loads(results_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise PublishError(f"{results_file} is not valid JSON: {error}") from error
+    try:  # the schema `learned-torch-optim evaluate` writes, with its own table
+        from .evaluate import format_results_markdown
+
+        rendered = format_results_markdown(data).strip()
+    except Exception:  # another schema (older, hand-written): a generic table of the per-optimizer numbers
+        rendered = "\n".join(_render_results(data)).strip()
+    if not rendered:  # not tabular: show it as it is
+        text = json.dumps(data, indent=2)
+        rendered = "```json\n" + (text if len(text) <= 4000 else text[:4000] + "\n...") + "\n```"
+    return f"From `results.json` (written by `learned-torch-optim evaluate`):\n\n{rendered}"
+
+
+def build_model_card(
+    run_dir: str | Path, repo_id: str, *, revision: str | None = None, files: dict[str, bytes] | None = None
+) -> ModelCard:
+    """Build the model card of a run folder: front matter, usage, network, recipe, evaluation, checksums.
+
+    Args:
+        run_dir: a folder written by ``learned-torch-optim train`` (or any ``save_pretrained`` folder).
+        repo_id: the hub repo the card is for (used in the usage snippet).
+        revision: the branch the card is published to, if not ``main``.
+        files: contents of ``config.json`` and ``model.safetensors`` (read from ``run_dir`` if not given).
+    """
+    run_dir = Path(run_dir)
+    if files is None:
+        files = {name: (run_dir / name).read_bytes() for name in WEIGHT_FILES}
+    config = json.loads(files["config.json"])
+    card_data = ModelCardData(library_name="learned_torch_optim", license="mit", tags=list(CARD_TAGS))
+
+    revision_arg = f', revision="{revision}"' if revision else ""
+    body = [
+        f"# {repo_id.split('/')[-1]}: a learned optimizer (coordinatewise LSTM)",
+        "",
+        f"Weights for `LearnedOptimizer` of [learned_torch_optim]({REPO_URL}), the coordinatewise LSTM optimizer of",
+        f"[*Learning to learn by gradient descent by gradient descent*]({PAPER_URL}) (Andrychowicz et al., 2016).",
+        "",
+        "## Usage",
+        "",
+        "```python",
+        "# pip install learned-torch-optim",
+        "from learned_torch_optim import LearnedOptimizer",
+        "",
+        f'optimizer = LearnedOptimizer(model.parameters(), weights="{repo_id}"{revision_arg})',
+        "```",
+        "",
+        "Pass `revision=` a commit hash to pin these exact weights; with `HF_HUB_OFFLINE=1` they load from the local",
+        "hub cache.",
+        "",
+        "## Network",
+        "",
+        "| setting | value |",
+        "| --- | --- |",
+        *(f"| {key} | {_cell(value)} |" for key, value in config.items()),
+        "",
+    ]
+    readme = run_dir / CARD_FILE
+    recipe = extract_recipe(readme.read_text(encoding="utf-8")) if readme.is_file() else None
+    body += [recipe if recipe else f"{RECIPE_HEADING}\n\nNot recorded (the run folder has no recipe in README.md).", ""]
+    evaluation = evaluation_markdown(run_dir)
+    if evaluation:
+        body += ["## Evaluation", "", evaluation, ""]
+    body += ["## Files", "", "| file | bytes | sha256 |", "| --- | ---: | --- |"]
+    body += [f"| {name} | {len(data)} | `{hashlib.sha256(data).hexdigest()}` |" for name, data in files.items()]
+    return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(body) + "\n")
+
+
+def plan_publish(run_dir: str | Path, repo_id: str, *, revision: str | None = None) -> PublishPlan:
+    """Check a run folder and build what :func:`publish` uploads; no network access.
+
+    Raises:
+        PublishError: ``run_dir`` is not a folder, lacks ``config.json`` or ``model.safetensors``, or the repo id is
+            not ``org/name``.
+        WeightsError: the two files do not load (bad safetensors, tensors not matching ``config.json``).
+    """
+    validate_repo_id(repo_id)
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise PublishError(f"run folder {str(run_dir)!r} does not exist or is not a folder")
+    for name in WEIGHT_FILES:
+        if not (run_dir / name).is_file():
+            raise PublishError(
+                f"run folder {str(run_dir)!r} has no {name} (expected the output of `learned-torch-optim train`: "
+                f"{', '.join(WEIGHT_FILES)})"
+            )
+    files = {name: (run_dir / name).read_bytes() for name in WEIGHT_FILES}
+    load_weights(run_dir)  # strict load: a corrupt or mismatched pair is refused before anything is uploaded
+    card = build_model_card(run_dir, repo_id, revision=revision, files=files)
+    files[CARD_FILE] = str(card).encode("utf-8")
+    return PublishPlan(run_dir=run_dir, repo_id=repo_id, revision=revision, files=files)
+
+
+def publish(
+    run_dir: str | Path,
+    repo_id: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    token: str | bool | None = None,
+    dry_run: bool = False,
+) -> PublishResult:
+    """Upload a run's ``config.json``, ``model.safetensors`` and a model card ``README.md`` in one hub commit.
+
+    Args:
+        run_dir: the run folder (``learned-torch-optim train --out``).
+        repo_id: ``org/name``; the model repo is created if it does not exist (``private`` then applies).
+        private: create the repo private.
+        revision: branch to commit to (created from ``main`` if missing); ``main`` by default.
+        commit_message: the commit's summary line.
+        token: hub token; by default the logged-in one (``hf auth login``) or ``HF_TOKEN``.
+        dry_run: build and return the plan only; nothing touches the network.
+    """
+    plan = plan_publish(run_dir, repo_id, revision=revision)
+    if dry_run:
+        return PublishResult(plan=plan, commit=None)
+    api = HfApi(token=token)
+    message = commit_message or f"Upload learned optimizer weights from {plan.run_dir.name}"
+    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=data) for name, data in plan.files.items()]
+    try:
+        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        if revision and revision != "main":
+            api.create_branch(repo_id, branch=revision, repo_type="model", exist_ok=True)
+        commit = api.create_commit(repo_id, operations, commit_message=message, repo_type="model", revision=revision)
+    except (OSError, ValueError) as error:  # hub HTTP errors, connection errors, offline mode, a refused card
+        raise PublishError(f"publishing {plan.run_dir} to hub repo {repo_id!r} failed: {error}") from error
+    return PublishResult(plan=plan, commit=commit)
