@@ -26,6 +26,7 @@ from huggingface_hub import constants
 
 from learned_torch_optim import CoordinatewiseLSTM, LearnedOptimizer, WeightsError, load_weights
 from learned_torch_optim.meta.cli import main
+from learned_torch_optim.meta.evaluate import evaluate, format_results_markdown
 from learned_torch_optim.meta.publish import PublishError, publish
 
 # ----------------------------------------------------------------------------------------------- loopback hub
@@ -416,11 +417,9 @@ def run_dir(tmp_path) -> Path:
     (run / "README.md").write_text(f"---\nlicense: mit\n---\n\n# Learned optimizer\n\n{RECIPE}")
     (run / "checkpoint.pt").write_bytes(b"not uploaded")
     (run / "metrics.jsonl").write_text('{"iteration": 1}\n')
-    results = {
-        "task": "quadratic",
-        "optimizers": {"adam": {"best_lr": 0.01, "metric": 1.25}, "learned": {"metric": 0.5}},
-    }
-    (run / "results.json").write_text(json.dumps(results))
+    evaluate(
+        run, "quadratic", problems=2, steps=5, optimizers=("adam",), lr_grid=(0.01,), cache=False, progress=False
+    ).save(run)
     return run
 
 
@@ -435,7 +434,7 @@ def test_publish_uploads_weights_and_a_model_card(hub, run_dir, monkeypatch):
     assert card.startswith("---\n") and "library_name: learned_torch_optim" in card and "license: mit" in card
     assert "- learned-optimizer" in card.split("---")[1]
     assert RECIPE.strip() in card
-    assert "| adam | 0.01 | 1.25 |" in card  # the evaluation table from results.json
+    assert format_results_markdown(json.loads((run_dir / "results.json").read_text())).strip() in card
     assert 'weights="org/published"' in card
     assert hashlib.sha256(uploaded["model.safetensors"]).hexdigest() in card
     assert {auth for method, _, auth in hub.requests if method == "POST"} == {"Bearer hf_test_token"}

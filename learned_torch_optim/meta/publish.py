@@ -5,8 +5,8 @@
 - ``config.json`` and ``model.safetensors`` as ``train`` wrote them (checked first: they must load strictly);
 - ``README.md``, a model card built here: YAML front matter (``library_name: learned_torch_optim``, the
   ``learned-optimizer`` tag, ``license: mit``), a usage snippet, the network's settings, the meta-training recipe
-  (the ``## Meta-training recipe`` section of the run's own ``README.md``), the evaluation (``evaluation.md`` or
-  ``results.json`` in the run folder, when there is one) and the sha256 of the two weight files.
+  (the ``## Meta-training recipe`` section of the run's own ``README.md``), the evaluation (the run folder's
+  ``results.json`` from ``learned-torch-optim evaluate``, when there is one) and the sha256 of the two weight files.
 
 ``--dry-run`` builds the same card and prints what would be uploaded without any network access.
 """
@@ -33,7 +33,6 @@ REPO_URL = "https://github.com/learned-torch-optim/learned_torch_optim"
 
 _NAME_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
 _REPO_ID = re.compile(rf"{_NAME_PART}/{_NAME_PART}")
-_SCALAR = (str, int, float, bool, type(None))
 
 
 class PublishError(ValueError):
@@ -96,64 +95,20 @@ def _cell(value: Any) -> str:
     return "" if value is None else str(value).replace("|", "\\|")
 
 
-def _table(rows: dict[str, dict[str, Any]], first: str) -> str:
-    columns: list[str] = []
-    for fields in rows.values():
-        columns += [key for key, value in fields.items() if isinstance(value, _SCALAR) and key not in columns]
-    lines = [f"| {first} | " + " | ".join(columns) + " |", "| --- |" + " ---: |" * len(columns)]
-    for name, fields in rows.items():
-        lines.append(f"| {_cell(name)} | " + " | ".join(_cell(fields.get(c)) for c in columns) + " |")
-    return "\n".join(lines)
-
-
-def _render_results(data: Any, depth: int = 0) -> list[str]:
-    """Markdown for a results.json: a table of per-optimizer scalars, nested mappings as sub-sections."""
-    if isinstance(data, list):  # [{"optimizer": "adam", "best_lr": ...}, ...]
-        data = {
-            str(entry.get("optimizer", entry.get("name", i))): {
-                k: v for k, v in entry.items() if k not in ("optimizer", "name")
-            }
-            for i, entry in enumerate(data)
-            if isinstance(entry, dict)
-        }
-    if not isinstance(data, dict) or depth > 3:
-        return []
-    out: list[str] = []
-    scalars = {k: v for k, v in data.items() if isinstance(v, _SCALAR)}
-    rows = {k: v for k, v in data.items() if isinstance(v, dict) and any(isinstance(x, _SCALAR) for x in v.values())}
-    if scalars:
-        out += [", ".join(f"{key}: {_cell(value)}" for key, value in scalars.items()), ""]
-    if rows:
-        out += [_table(rows, "optimizer"), ""]
-    for key, value in data.items():
-        if isinstance(value, (dict, list)) and key not in rows:
-            inner = _render_results(value, depth + 1)
-            if inner:
-                out += [f"**{key}**", "", *inner]
-    return out
-
-
 def evaluation_markdown(run_dir: Path) -> str | None:
-    """The evaluation section of the card: ``evaluation.md`` verbatim, else ``results.json`` rendered, else None."""
-    markdown_file, results_file = run_dir / "evaluation.md", run_dir / "results.json"
-    if markdown_file.is_file():
-        return markdown_file.read_text(encoding="utf-8").strip()
+    """The evaluation section of the card: the run's ``results.json`` (from ``evaluate``) as a table, or None."""
+    results_file = run_dir / "results.json"
     if not results_file.is_file():
         return None
-    try:
-        data = json.loads(results_file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise PublishError(f"{results_file} is not valid JSON: {error}") from error
-    try:  # the schema `learned-torch-optim evaluate` writes, with its own table
-        from .evaluate import format_results_markdown
+    from .evaluate import format_results_markdown
 
-        rendered = format_results_markdown(data).strip()
-    except Exception:  # another schema (older, hand-written): a generic table of the per-optimizer numbers
-        rendered = "\n".join(_render_results(data)).strip()
-    if not rendered:  # not tabular: show it as it is
-        text = json.dumps(data, indent=2)
-        rendered = "```json\n" + (text if len(text) <= 4000 else text[:4000] + "\n...") + "\n```"
-    return f"From `results.json` (written by `learned-torch-optim evaluate`):\n\n{rendered}"
+    try:
+        rendered = format_results_markdown(json.loads(results_file.read_text(encoding="utf-8")))
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+        raise PublishError(
+            f"{results_file} is not a results.json written by `learned-torch-optim evaluate`: {error!r}"
+        ) from error
+    return f"From `results.json` (written by `learned-torch-optim evaluate`):\n\n{rendered.strip()}"
 
 
 def build_model_card(
