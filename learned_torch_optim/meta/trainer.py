@@ -124,6 +124,12 @@ def _all_reduce_mean(tensors: list[torch.Tensor]) -> None:
     )
 
 
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
 class MetaTrainer:
     """Meta-trains one network on one task into ``out_dir``.
 
@@ -293,6 +299,7 @@ class MetaTrainer:
             f"| problems per iteration | {self.meta_batch_size} |",
             f"| iterations | {self.iteration} |",
             f"| seed | {c.seed} |",
+            f"| device | {_device_name(self.device)} x {self.world_size} process(es) |",
             f"| wall time | {self.elapsed / 60:.1f} min |",
             f"| validation problems | {c.validation_problems} |",
             f"| best validation loss (mean over the horizon) | {self.best_metric:.5g} |",
