@@ -1,7 +1,9 @@
 """``LearnedOptimizer``: the coordinatewise LSTM as a drop-in ``torch.optim.Optimizer``.
 
-The class validates arguments, keeps the per-parameter state and groups tensors; :func:`learned_step` does the
-math for one group of tensors sharing device and dtype, with a single batched call of the network.
+The class validates arguments, keeps the per-parameter state and groups tensors.  The math of a step for one group of
+tensors sharing device and dtype is done by :func:`learned_step` (the reference: a single batched call of the
+network) or by :func:`learned_torch_optim.kernels.fused_step` (block by block with bounded memory, compiled on the
+CPU), as ``implementation`` says.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from torch import Tensor
 from torch.distributed.tensor import DTensor
 from torch.optim.optimizer import Optimizer, ParamsT
 
+from .kernels import fused_step
 from .network import CoordinatewiseLSTM
 from .weights import load_weights
 
-__all__ = ["LearnedOptimizer", "learned_step"]
+__all__ = ["IMPLEMENTATIONS", "LearnedOptimizer", "learned_step"]
 
 STATE_KEY = "lstm_state"
+IMPLEMENTATIONS = ("auto", "fused", "blocked", "reference")
 
 
 def _real(tensor: Tensor) -> Tensor:
@@ -34,10 +38,10 @@ def _local(tensor: Tensor) -> Tensor:
     return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
-def _zero_state(param: Tensor, state_size: int) -> Tensor:
+def _zero_state(param: Tensor, state_size: int, dtype: torch.dtype) -> Tensor:
     """Zero LSTM state of shape ``param.shape + (state_size,)``, sharded like ``param`` when it is a DTensor."""
     local_shape = (*_real(_local(param)).shape, state_size)
-    local = torch.zeros(local_shape, dtype=torch.float32, device=param.device)
+    local = torch.zeros(local_shape, dtype=dtype, device=param.device)
     if not isinstance(param, DTensor):
         return local
     global_shape = (*_real(param).shape, state_size)
@@ -60,15 +64,16 @@ def learned_step(
 ) -> bool:
     """Apply ``theta <- theta * (1 - lr * weight_decay) + lr * m(g)`` to tensors of one device and dtype.
 
-    All coordinates of ``params`` go through one call of ``network`` in fp32.  A coordinate whose gradient is
-    NaN or infinite keeps its parameter and state unchanged.  Returns whether every gradient was finite.
+    The reference implementation: all coordinates of ``params`` go through one call of ``network`` in fp32 (the
+    state may be stored in any floating dtype).  A coordinate whose gradient is NaN or infinite keeps its parameter
+    and state unchanged.  Returns whether every gradient was finite.
     """
     real_params = [_real(p) for p in params]
     numels = [p.numel() for p in real_params]
     grad = torch.cat([_real(g).reshape(-1) for g in grads]).float()
     if maximize:
         grad = grad.neg()
-    state = torch.cat([s.reshape(-1, network.state_size) for s in lstm_states])
+    state = torch.cat([s.reshape(n, network.state_size) for s, n in zip(lstm_states, numels)])
     finite = torch.isfinite(grad)
     all_finite = bool(finite.all())
     if not all_finite:
@@ -104,9 +109,19 @@ class LearnedOptimizer(Optimizer):
             an exact no-op.  LR schedulers act through ``group["lr"]``.
         weight_decay: decoupled weight decay, ``theta *= 1 - lr * weight_decay`` every step.
         maximize: maximize the objective instead of minimizing it.
+        implementation: how a step is computed; every choice computes the same function (to fp32 rounding).
+            ``"fused"``: block by block with temporaries bounded by a fixed budget whatever the model's size, the
+            math of a block done by a compiled kernel: C++ built at first use on the CPU, Triton on CUDA devices
+            (without a C++ compiler or Triton, by in-place torch operations, silently).  ``"blocked"``: the same
+            with torch operations only.  ``"reference"``: all coordinates through one call of the network
+            (``CoordinatewiseLSTM.forward``), with temporaries of about 200 floats per coordinate.  ``"auto"``
+            (default): ``"fused"``, and ``"reference"`` when traced by ``torch.compile`` (which fuses that
+            formulation itself).
+        state_dtype: the dtype the LSTM state is stored in; ``torch.bfloat16`` halves its memory (the math stays
+            fp32, the state is rounded when stored).
 
     State per parameter: ``step`` and ``lstm_state``, the hidden and cell state of every LSTM layer for every
-    coordinate (``state_size`` fp32 floats per coordinate, 80 for the paper's network).
+    coordinate (``state_size`` floats of ``state_dtype`` per coordinate, 80 for the paper's network).
     """
 
     def __init__(
@@ -118,7 +133,13 @@ class LearnedOptimizer(Optimizer):
         lr: float | Tensor = 1.0,
         weight_decay: float = 0.0,
         maximize: bool = False,
+        implementation: str = "auto",
+        state_dtype: torch.dtype = torch.float32,
     ) -> None:
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+        if not isinstance(state_dtype, torch.dtype) or not state_dtype.is_floating_point:
+            raise ValueError(f"state_dtype must be a floating torch.dtype, got {state_dtype!r}")
         if isinstance(lr, Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
         if not 0.0 <= lr:
@@ -128,6 +149,8 @@ class LearnedOptimizer(Optimizer):
         defaults = dict(lr=lr, weight_decay=weight_decay, maximize=maximize)
         super().__init__(params, defaults)
         self.network = load_weights(weights, revision=revision)
+        self.implementation = implementation
+        self.state_dtype = state_dtype
         self._networks_by_device: dict[torch.device, CoordinatewiseLSTM] = {}
         self._warned_non_finite = False
 
@@ -136,11 +159,18 @@ class LearnedOptimizer(Optimizer):
         for group in self.param_groups:
             group.setdefault("maximize", False)
             group.setdefault("weight_decay", 0.0)
+        self.__dict__.setdefault("implementation", "auto")
+        self.__dict__.setdefault("state_dtype", torch.float32)
         self.__dict__.setdefault("_networks_by_device", {})
         self.__dict__.setdefault("_warned_non_finite", False)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**super().__getstate__(), "network": self.network}
+        return {
+            **super().__getstate__(),
+            "network": self.network,
+            "implementation": self.implementation,
+            "state_dtype": self.state_dtype,
+        }
 
     def _network_on(self, device: torch.device) -> CoordinatewiseLSTM:
         """The network on ``device``: itself where it lives, a cached copy elsewhere."""
@@ -167,7 +197,7 @@ class LearnedOptimizer(Optimizer):
             state = self.state[p]
             if len(state) == 0:
                 state["step"] = torch.tensor(0.0, dtype=torch.float32)
-                state[STATE_KEY] = _zero_state(p, self.network.state_size)
+                state[STATE_KEY] = _zero_state(p, self.network.state_size, self.state_dtype)
             params.append(_local(p))
             grads.append(_local(p.grad))
             states.append(_local(state[STATE_KEY]))
@@ -191,16 +221,19 @@ class LearnedOptimizer(Optimizer):
                 continue
             buckets = Optimizer._group_tensors_by_device_and_dtype([params, grads, states, steps])
             for (device, _), ((b_params, b_grads, b_states, b_steps), _) in buckets.items():
-                all_finite &= learned_step(
-                    b_params,
-                    b_grads,
-                    b_states,
-                    b_steps,
-                    network=self._network_on(device),
-                    lr=group["lr"],
-                    weight_decay=group["weight_decay"],
-                    maximize=group["maximize"],
-                )
+                options = dict(lr=group["lr"], weight_decay=group["weight_decay"], maximize=group["maximize"])
+                network = self._network_on(device)
+                if self.implementation == "reference" or (
+                    self.implementation == "auto" and torch.compiler.is_compiling()
+                ):
+                    all_finite &= learned_step(b_params, b_grads, b_states, b_steps, network=network, **options)
+                else:
+                    real_params, real_grads = [_real(p) for p in b_params], [_real(g) for g in b_grads]
+                    allow_compiled = self.implementation != "blocked"
+                    all_finite &= fused_step(
+                        real_params, real_grads, b_states, network, allow_compiled=allow_compiled, **options
+                    )
+                    torch._foreach_add_(b_steps, 1)
         if not all_finite and not self._warned_non_finite:
             self._warned_non_finite = True
             warnings.warn(
@@ -231,10 +264,12 @@ class LearnedOptimizer(Optimizer):
                 stacklevel=2,
             )
         super().load_state_dict(state_dict)
-        # The base class casts floating state to each parameter's dtype; the LSTM state stays fp32.
+        # The base class casts floating state to each parameter's dtype; the LSTM state is kept in state_dtype.
         saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
         params = [p for group in self.param_groups for p in group["params"]]
         for param_id, param in zip(saved_ids, params):
             saved = state_dict["state"].get(param_id)
             if saved is not None and STATE_KEY in saved:
-                self.state[param][STATE_KEY] = saved[STATE_KEY].to(device=param.device, dtype=torch.float32, copy=True)
+                self.state[param][STATE_KEY] = saved[STATE_KEY].to(
+                    device=param.device, dtype=self.state_dtype, copy=True
+                )

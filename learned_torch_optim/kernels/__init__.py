@@ -1,0 +1,74 @@
+"""Fast implementations of the optimizer step, each tested equal to ``CoordinatewiseLSTM.forward``.
+
+- :mod:`.blocked`: the step in blocks of a fixed number of coordinates with preallocated buffers (pure PyTorch, any
+  device): memory beyond parameters, gradients and state is bounded by the block size, not the model size.
+- :mod:`.native`: a compiled CPU kernel for the math of a block (built at first use, cached; silently absent when no
+  compiler is found or its self-check fails), used by the blocked step in place of the torch operations.
+- :mod:`.triton_lstm`: the same for CUDA devices as a Triton kernel, where Triton is installed.
+
+:func:`fused_step` picks between them; ``LearnedOptimizer(implementation=...)`` chooses it or the reference.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..network import CoordinatewiseLSTM
+from . import native, triton_lstm
+from .blocked import BlockKernel, PackedNetwork, Workspace, blocked_step, pack_network
+
+__all__ = ["BLOCK_SIZES", "fused_step", "select_kernel", "workspace_bytes"]
+
+BLOCK_SIZES = {"native": 16384, "triton": 1 << 19, "torch-cpu": 4096, "torch-other": 1 << 18}
+"""Coordinates per block, per path: the compiled CPU kernel (which tiles its block in registers and L1 itself, so
+the block only bounds the workspace and amortises Python overhead), the Triton kernel, torch operations on the CPU
+(buffers near the L2 cache's size) and torch operations on other devices (few kernel launches).  Chosen by
+measurement, see ``docs/performance.md``."""
+
+
+def select_kernel(packed: PackedNetwork, device: torch.device, allow_compiled: bool) -> tuple[str, BlockKernel | None]:
+    """The path for ``packed`` on ``device``: a key of :data:`BLOCK_SIZES` and the kernel (``None``: torch
+    operations).  Compiled kernels exist for networks with LSTM layers."""
+    if allow_compiled and packed.num_layers:
+        if device.type == "cpu" and (kernel := native.load(packed)) is not None:
+            return "native", kernel
+        if device.type == "cuda" and (kernel := triton_lstm.load(packed, device)) is not None:
+            return "triton", kernel
+    return ("torch-cpu" if device.type == "cpu" else "torch-other"), None
+
+
+def workspace_bytes(network: CoordinatewiseLSTM, path: str) -> int:
+    """The bound on the temporary memory of one :func:`fused_step` call on ``path``, in bytes."""
+    packed = pack_network(network, torch.device("cpu"))
+    return BLOCK_SIZES[path] * Workspace.bytes_per_row(packed, for_torch_math=path.startswith("torch"))
+
+
+@torch.compiler.disable
+def fused_step(
+    params: list[Tensor],
+    grads: list[Tensor],
+    states: list[Tensor],
+    network: CoordinatewiseLSTM,
+    *,
+    lr: float | Tensor,
+    weight_decay: float,
+    maximize: bool,
+    allow_compiled: bool = True,
+) -> bool:
+    """:func:`.blocked.blocked_step` with the path of :func:`select_kernel`.  Returns whether every gradient was
+    finite."""
+    device = params[0].device
+    packed = pack_network(network, device)
+    path, kernel = select_kernel(packed, device, allow_compiled)
+    return blocked_step(
+        params,
+        grads,
+        states,
+        packed,
+        lr=lr,
+        weight_decay=weight_decay,
+        maximize=maximize,
+        block_size=BLOCK_SIZES[path],
+        kernel=kernel,
+    )
