@@ -342,7 +342,10 @@ def blocked_step(
             work.saved_theta[:m].copy_(theta)
         if weight_decay:
             theta.mul_(1 - lr * weight_decay)
-        theta.add_(update.mul_(lr))
+        if isinstance(lr, Tensor):
+            theta.add_(update.mul_(lr))
+        else:
+            theta.add_(update, alpha=lr)
         if not all_finite:
             torch.where(finite, theta, work.saved_theta[:m], out=theta)
         if not theta_direct:
