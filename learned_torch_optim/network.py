@@ -173,6 +173,8 @@ class CoordinatewiseLSTM(
         from huggingface_hub import hf_hub_download
         from safetensors.torch import load_file
 
+        for download_option in ("proxies", "resume_download"):  # passed by huggingface_hub < 1.0
+            model_kwargs.pop(download_option, None)
         model = cls(**model_kwargs)
         if Path(model_id).is_dir():
             weights_file = str(Path(model_id) / "model.safetensors")

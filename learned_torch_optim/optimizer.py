@@ -151,7 +151,6 @@ class LearnedOptimizer(Optimizer):
         self.network = load_weights(weights, revision=revision)
         self.implementation = implementation
         self.state_dtype = state_dtype
-        self._networks_by_device: dict[torch.device, CoordinatewiseLSTM] = {}
         self._warned_non_finite = False
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -161,7 +160,6 @@ class LearnedOptimizer(Optimizer):
             group.setdefault("weight_decay", 0.0)
         self.__dict__.setdefault("implementation", "auto")
         self.__dict__.setdefault("state_dtype", torch.float32)
-        self.__dict__.setdefault("_networks_by_device", {})
         self.__dict__.setdefault("_warned_non_finite", False)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -173,13 +171,10 @@ class LearnedOptimizer(Optimizer):
         }
 
     def _network_on(self, device: torch.device) -> CoordinatewiseLSTM:
-        """The network on ``device``: itself where it lives, a cached copy elsewhere."""
-        if device not in self._networks_by_device:
-            home = next(self.network.parameters()).device
-            self._networks_by_device[device] = (
-                self.network if home == device else copy.deepcopy(self.network).to(device)
-            )
-        return self._networks_by_device[device]
+        """The network on ``device``: itself where it lives, else a copy made now (so that changes made to
+        ``self.network`` in place are always seen)."""
+        home = next(self.network.parameters()).device
+        return self.network if home == device else copy.deepcopy(self.network).to(device)
 
     def _init_group(
         self,
@@ -222,16 +217,16 @@ class LearnedOptimizer(Optimizer):
             buckets = Optimizer._group_tensors_by_device_and_dtype([params, grads, states, steps])
             for (device, _), ((b_params, b_grads, b_states, b_steps), _) in buckets.items():
                 options = dict(lr=group["lr"], weight_decay=group["weight_decay"], maximize=group["maximize"])
-                network = self._network_on(device)
                 if self.implementation == "reference" or (
                     self.implementation == "auto" and torch.compiler.is_compiling()
                 ):
+                    network = self._network_on(device)
                     all_finite &= learned_step(b_params, b_grads, b_states, b_steps, network=network, **options)
                 else:
                     real_params, real_grads = [_real(p) for p in b_params], [_real(g) for g in b_grads]
                     allow_compiled = self.implementation != "blocked"
                     all_finite &= fused_step(
-                        real_params, real_grads, b_states, network, allow_compiled=allow_compiled, **options
+                        real_params, real_grads, b_states, self.network, allow_compiled=allow_compiled, **options
                     )
                     torch._foreach_add_(b_steps, 1)
         if not all_finite and not self._warned_non_finite:
@@ -263,10 +258,19 @@ class LearnedOptimizer(Optimizer):
                 UserWarning,
                 stacklevel=2,
             )
-        super().load_state_dict(state_dict)
-        # The base class casts floating state to each parameter's dtype; the LSTM state is kept in state_dtype.
         saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
         params = [p for group in self.param_groups for p in group["params"]]
+        for index, (param_id, param) in enumerate(zip(saved_ids, params)):
+            saved = state_dict["state"].get(param_id, {}).get(STATE_KEY)
+            expected = (*_real(param).shape, self.network.state_size)
+            if saved is not None and tuple(saved.shape) != expected:
+                raise ValueError(
+                    f"LearnedOptimizer.load_state_dict: the saved LSTM state of parameter {index} has shape "
+                    f"{tuple(saved.shape)}, but this parameter and network need {expected} (saved for weights "
+                    f"{saved_identity}, this optimizer runs {self.network.weights_identity.as_dict()})"
+                )
+        super().load_state_dict(state_dict)
+        # The base class casts floating state to each parameter's dtype; the LSTM state is kept in state_dtype.
         for param_id, param in zip(saved_ids, params):
             saved = state_dict["state"].get(param_id)
             if saved is not None and STATE_KEY in saved:

@@ -12,7 +12,6 @@ import json
 import os
 import re
 from dataclasses import asdict, dataclass
-from importlib import resources
 from pathlib import Path
 
 import torch
@@ -55,11 +54,11 @@ class WeightsIdentity:
 
 
 def packaged_root() -> Path:
-    """The folder holding the packaged weight sets (``pretrained/`` in the source tree and in the wheel)."""
-    try:
-        return Path(str(resources.files("learned_torch_optim.pretrained")))
-    except ModuleNotFoundError:  # running from a source checkout that is not installed
-        return Path(__file__).resolve().parent.parent / "pretrained"
+    """The folder holding the packaged weight sets: ``learned_torch_optim/pretrained`` in an installed wheel,
+    ``pretrained/`` at the top of a source checkout (editable installs included)."""
+    here = Path(__file__).resolve().parent
+    installed = here / "pretrained"
+    return installed if installed.is_dir() else here.parent / "pretrained"
 
 
 def _packaged_checksums() -> dict[str, str]:

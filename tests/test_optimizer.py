@@ -299,3 +299,23 @@ def test_reference_makes_one_network_call_per_group(network):
     optimizer.network.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].numel()))
     train(model, optimizer, 1)
     assert calls == [sum(p.numel() for p in model.parameters())]
+
+
+def test_loading_state_of_another_shape_fails_naming_the_parameter(network):
+    model = make_model()
+    optimizer = LearnedOptimizer(model.parameters(), weights=network)
+    train(model, optimizer, 1)
+    smaller = LearnedOptimizer(model.parameters(), weights=CoordinatewiseLSTM(hidden_size=5))
+    with pytest.raises(ValueError, match="parameter 0 has shape"), pytest.warns(UserWarning):
+        smaller.load_state_dict(optimizer.state_dict())
+
+
+def test_non_contiguous_gradients_step_like_contiguous_ones(network):
+    a = torch.nn.Parameter(torch.randn(6))
+    b = torch.nn.Parameter(a.detach().clone())
+    grad = torch.randn(12)
+    a.grad, b.grad = grad[::2], grad[::2].clone()
+    assert not a.grad.is_contiguous()
+    LearnedOptimizer([a], weights=network).step()
+    LearnedOptimizer([b], weights=network).step()
+    assert torch.equal(a, b)

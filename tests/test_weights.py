@@ -65,3 +65,27 @@ def test_packaged_sets_in_the_repository_verify():
     for name in list_pretrained():
         network = load_weights(name)
         assert network.weights_identity.source == name
+
+
+def test_packaged_weights_resolve_in_the_installed_layout(tmp_path):
+    """In a wheel, pretrained/ is installed as learned_torch_optim/pretrained (pyproject's package-dir)."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    site = tmp_path / "site"
+    shutil.copytree(root / "learned_torch_optim", site / "learned_torch_optim")
+    shutil.copytree(root / "pretrained", site / "learned_torch_optim" / "pretrained")
+    code = (
+        "import learned_torch_optim as l; "
+        f"assert l.__file__.startswith({str(site)!r}), l.__file__; "
+        f"assert set(l.list_pretrained()) == {set(list_pretrained())!r}; "
+        "print(l.load_weights('default').weights_identity.source)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], env={"PYTHONPATH": str(site)}, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "l2l-paper-mnist"

@@ -296,7 +296,7 @@ def blocked_step(
     """
     numels = [p.numel() for p in params]
     flat_params = [p.reshape(n) for p, n in zip(params, numels)]
-    flat_grads = [g.reshape(n) for g, n in zip(grads, numels)]
+    flat_grads = [g.reshape(n).contiguous() for g, n in zip(grads, numels)]  # the kernels read them densely
     flat_states = [s.reshape(n, packed.state_size) for s, n in zip(states, numels)]
     nonempty = [g for g in flat_grads if g.numel()]
     all_finite = not nonempty or bool(torch.stack(torch._foreach_norm(nonempty, math.inf)).isfinite().all())
