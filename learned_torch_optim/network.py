@@ -109,6 +109,17 @@ class CoordinatewiseLSTM(
         self.readout = nn.Linear(hidden_size if num_layers else self.num_inputs, 1)
 
     @property
+    def config(self) -> dict[str, int | float | str]:
+        """The constructor's arguments, normalised (what ``config.json`` holds)."""
+        return {
+            "hidden_size": self.hidden_size,
+            "num_layers": self.num_layers,
+            "preprocessing": self.preprocessing,
+            "preprocessing_p": self.preprocessing_p,
+            "output_scale": self.output_scale,
+        }
+
+    @property
     def state_size(self) -> int:
         """Floats of state per coordinate: ``num_layers * 2 * hidden_size`` (80 for the paper's network)."""
         return self.num_layers * 2 * self.hidden_size

@@ -92,7 +92,7 @@ def file_sha256(path: Path) -> str:
 
 def weights_sha256(network: CoordinatewiseLSTM) -> str:
     """A hash of a network's config and tensors, the same for equal weights wherever they came from."""
-    digest = hashlib.sha256(json.dumps(network._hub_mixin_config or {}, sort_keys=True, default=str).encode())
+    digest = hashlib.sha256(json.dumps(network.config, sort_keys=True).encode())
     for name, tensor in sorted(network.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
@@ -260,7 +260,10 @@ def load_weights(
             _verify_packaged(name, packaged)
             network, source = _load_folder(packaged, f"packaged {name!r}"), name
         elif _looks_like_repo_id(text):
-            network, used_revision = _load_from_hub(text, revision)
+            try:
+                network, used_revision = _load_from_hub(text, revision)
+            except WeightsError as error:
+                raise WeightsError(f"{error} (nor is there a local directory {text!r})") from error
             source = text
         else:
             available = ", ".join(sorted(list_pretrained())) or "none packaged"

@@ -27,7 +27,7 @@ from huggingface_hub import constants
 from learned_torch_optim import CoordinatewiseLSTM, LearnedOptimizer, WeightsError, load_weights
 from learned_torch_optim.meta.cli import main
 from learned_torch_optim.meta.evaluate import evaluate, format_results_markdown
-from learned_torch_optim.meta.publish import PublishError, publish
+from learned_torch_optim.meta.publish import PublishError, plan_publish, publish
 
 # ----------------------------------------------------------------------------------------------- loopback hub
 
@@ -485,3 +485,11 @@ def test_publish_validates_the_run_folder_and_the_repo_id(hf_home, run_dir, tmp_
     (broken / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(WeightsError, match="broken"):
         publish(broken, "org/name", dry_run=True)
+
+
+def test_publish_refuses_an_evaluation_of_other_weights(run_dir):
+    results = json.loads((run_dir / "results.json").read_text())
+    results["weights_sha256"] = "0" * 64
+    (run_dir / "results.json").write_text(json.dumps(results))
+    with pytest.raises(PublishError, match="not the weights in"):
+        plan_publish(run_dir, "org/other")

@@ -261,3 +261,23 @@ def test_user_task_meta_trains(tmp_path):
     trainer = MetaTrainer(quick_config(task="square", meta_batch_size=1), tmp_path, task=Shifted())
     trainer.train(progress=False)
     assert (tmp_path / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides, name",
+    [
+        ({"unroll": 1, "horizon": 10}, "unroll"),
+        ({"meta_batch_size": 0}, "meta_batch_size"),
+        ({"clip_grad_norm": -1.0}, "clip_grad_norm"),
+        ({"horizon": 25}, "horizon"),
+    ],
+)
+def test_bad_training_settings_are_named(overrides, name):
+    with pytest.raises(ValueError, match=name):
+        quick_config(**overrides)
+
+
+def test_resume_with_other_validation_settings_is_refused(tmp_path):
+    MetaTrainer(quick_config(iterations=1), tmp_path).train(progress=False)
+    with pytest.raises(ValueError, match="validation_problems"):
+        MetaTrainer(quick_config(iterations=2, validation_problems=3), tmp_path).train(resume=True, progress=False)

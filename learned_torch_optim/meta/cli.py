@@ -21,7 +21,12 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--task", required=True, choices=sorted(TASK_DESCRIPTIONS), help="built-in task family")
     p.add_argument("--out", required=True, help="run directory (weights, checkpoint, metrics log)")
-    p.add_argument("--iterations", type=int, default=1000, help="problems optimised, each over the full horizon")
+    p.add_argument(
+        "--iterations",
+        type=int,
+        default=1000,
+        help="iterations: each optimises --meta-batch-size fresh problems over the full horizon",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None, help="folder with one sub-folder per dataset (DIR/mnist/...)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")

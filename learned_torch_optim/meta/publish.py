@@ -96,14 +96,26 @@ def _cell(value: Any) -> str:
 
 
 def evaluation_markdown(run_dir: Path) -> str | None:
-    """The evaluation section of the card: the run's ``results.json`` (from ``evaluate``) as a table, or None."""
+    """The evaluation section of the card: the run's ``results.json`` (from ``evaluate``) as a table, or None.
+
+    Raises:
+        PublishError: the file is not an ``evaluate`` result, or it evaluated other weights than the run's.
+    """
     results_file = run_dir / "results.json"
     if not results_file.is_file():
         return None
     from .evaluate import format_results_markdown
 
     try:
-        rendered = format_results_markdown(json.loads(results_file.read_text(encoding="utf-8")))
+        results = json.loads(results_file.read_text(encoding="utf-8"))
+        evaluated = results.get("weights_sha256")
+        own = load_weights(run_dir).weights_identity.sha256
+        if evaluated != own:
+            raise PublishError(
+                f"{results_file} evaluated weights with sha256 {evaluated}, not the weights in {run_dir} ({own}); "
+                f"rerun `learned-torch-optim evaluate --weights {run_dir} ... --out {run_dir}` or remove it"
+            )
+        rendered = format_results_markdown(results)
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
         raise PublishError(
             f"{results_file} is not a results.json written by `learned-torch-optim evaluate`: {error!r}"

@@ -58,8 +58,19 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.horizon % self.unroll:
             raise ValueError(f"horizon ({self.horizon}) must be a multiple of unroll ({self.unroll})")
+        if self.unroll < 2:
+            raise ValueError(
+                f"unroll must be at least 2, got {self.unroll}: a truncation's meta-loss sums the losses at the "
+                "iterates where its gradients are taken, so with one step it does not depend on the network"
+            )
         if not self.meta_lr > 0:
             raise ValueError(f"meta_lr must be positive, got {self.meta_lr}")
+        if self.meta_batch_size is not None and self.meta_batch_size < 1:
+            raise ValueError(f"meta_batch_size must be at least 1, got {self.meta_batch_size}")
+        if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
+            raise ValueError(f"clip_grad_norm must be positive, got {self.clip_grad_norm}")
+        if torch.device(self.device).type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {self.device!r}: CUDA is not available in this torch installation")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
@@ -168,6 +179,7 @@ class MetaTrainer:
             "meta_optimizer": self.meta_optimizer.state_dict(),
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
+            "world_size": self.world_size,
             "best_metric": self.best_metric,
             "best_network": self.best_state,
             "elapsed": self.elapsed,
@@ -185,12 +197,28 @@ class MetaTrainer:
     def load_checkpoint(self) -> None:
         checkpoint = torch.load(self.out_dir / CHECKPOINT, map_location="cpu", weights_only=True)
         saved = TrainConfig.from_dict(checkpoint["config"])
-        for name in ("task", "horizon", "unroll", "meta_lr", "seed", "network", "meta_batch_size"):
+        for name in (
+            "task",
+            "horizon",
+            "unroll",
+            "meta_lr",
+            "seed",
+            "network",
+            "meta_batch_size",
+            "clip_grad_norm",
+            "validate_every",
+            "validation_problems",
+        ):
             if getattr(saved, name) != getattr(self.config, name):
                 raise ValueError(
                     f"--resume: {name}={getattr(self.config, name)!r} differs from the checkpoint's "
                     f"{getattr(saved, name)!r} in {self.out_dir / CHECKPOINT}"
                 )
+        if checkpoint["world_size"] != self.world_size:
+            raise ValueError(
+                f"--resume: {self.world_size} process(es), but {self.out_dir / CHECKPOINT} was written by a run of "
+                f"{checkpoint['world_size']}; the problems each process draws depend on it"
+            )
         self.iteration = checkpoint["iteration"]
         self.network.load_state_dict(checkpoint["network"])
         self.meta_optimizer.load_state_dict(checkpoint["meta_optimizer"])
