@@ -7,7 +7,7 @@
 // and -march=native; it uses GCC/Clang vector extensions (intrinsics only for a broadcast and the reciprocal
 // estimate), and no torch headers.
 //
-// Math per coordinate (gate order i, f, o, g of the packed weights; see pack_native in native.py):
+// Math per coordinate (gate order i, f, o, g of the packed weights; see NativeKernel.pack in native.py):
 //   G = b + [x, h_l] @ Wt_l          Wt_l is (in_l + H, GP): the transposed [W_ih, W_hh], g columns doubled,
 //                                     padded with zero columns to GP = a multiple of the vector width
 //   s = sigmoid(G)                   so that tanh(g) = 2 * sigmoid(2 g) - 1 comes out of the same pass
