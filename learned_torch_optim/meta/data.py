@@ -47,7 +47,28 @@ DATASETS: dict[str, dict] = {
             "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
         },
     },
+    # The first 4,000 / 1,000 records of CIFAR-10's data_batch_1 / test_batch in the binary record format; a
+    # subset with no canonical download, so it must be put in place by hand.
+    "cifar10-subset": {
+        "urls": [],
+        "sha256": {
+            "data_batch_1_first4000.bin": "0993cf8b8e43bc207603aef9787006995746513f5e3fa5a52e06d1b069926330",
+            "test_batch_first1000.bin": "8314c96d7cd65618193bab23acdd5d4c4af15bf6dd00a1781d55beedf3be1ef5",
+        },
+    },
+    # MNIST-1D's default data set as .npz (upstream distributes a pickle, which is never loaded here).
+    "mnist1d": {
+        "urls": [],
+        "sha256": {"mnist1d_data.npz": "b1adc2b5206f50ab6f7dea5e16da94cabd5294c20563a6f631ab3615a9cb2e10"},
+    },
+    "tinyshakespeare": {
+        "urls": ["https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/"],
+        "sha256": {"input.txt": "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"},
+    },
 }
+
+_CIFAR_FILES = {"train": "data_batch_1_first4000.bin", "test": "test_batch_first1000.bin"}
+_CIFAR_RECORD = 1 + 3 * 32 * 32
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -89,9 +110,10 @@ def _download(dataset: str, file_name: str, target: Path) -> None:
             handle.write(payload)
         os.replace(handle.name, target)
         return
+    reason = "; ".join(errors) if errors else "it has no stable download URL"
     raise DataNotFoundError(
         f"{dataset} file {file_name} is not in {target.parent} and could not be downloaded "
-        f"({'; '.join(errors)}). Put the standard file at {target}, or pass --data-dir DIR (or set {DATA_ENV}) "
+        f"({reason}). Put the standard file at {target}, or pass --data-dir DIR (or set {DATA_ENV}) "
         f"where DIR/{dataset}/{file_name} exists."
     )
 
@@ -140,3 +162,68 @@ def load_image_classification(
     images = read_idx(dataset_file(dataset, images_name, data_dir))
     labels = read_idx(dataset_file(dataset, labels_name, data_dir))
     return torch.from_numpy(images.astype(np.float32) / 255.0), torch.from_numpy(labels.astype(np.int64))
+
+
+def _check_split(split: str) -> None:
+    if split not in ("train", "test"):
+        raise ValueError(f"unknown split {split!r}; use 'train' or 'test'")
+
+
+def read_cifar_binary(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Decode a CIFAR-10 binary batch: records of one label byte then 3,072 pixel bytes (R, G, B planes of 32x32,
+    row-major).  Returns ``(images, labels)``: uint8 of shape ``(N, 3, 32, 32)`` and ``(N,)``."""
+    raw = np.fromfile(path, dtype=np.uint8)
+    if raw.size == 0 or raw.size % _CIFAR_RECORD:
+        raise ValueError(f"{path}: {raw.size} bytes is not a whole number of {_CIFAR_RECORD}-byte CIFAR records")
+    records = raw.reshape(-1, _CIFAR_RECORD)
+    return records[:, 1:].reshape(-1, 3, 32, 32).copy(), records[:, 0].copy()
+
+
+@functools.lru_cache(maxsize=4)
+def load_cifar10_subset(split: str, data_dir: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images, labels)`` of the CIFAR-10 subset (``train``: 4,000 images, ``test``: 1,000): float32 pixels in
+    [0, 1] of shape ``(N, 3, 32, 32)`` and int64 labels 0..9."""
+    _check_split(split)
+    images, labels = read_cifar_binary(dataset_file("cifar10-subset", _CIFAR_FILES[split], data_dir))
+    if labels.max() > 9:
+        raise ValueError(f"{_CIFAR_FILES[split]}: label {labels.max()} out of range 0..9")
+    return torch.from_numpy(images.astype(np.float32) / 255.0), torch.from_numpy(labels.astype(np.int64))
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """All arrays of an ``.npz`` archive, read with ``allow_pickle=False`` (object arrays are refused)."""
+    with np.load(path, allow_pickle=False) as archive:
+        return {key: archive[key] for key in archive.files}
+
+
+@functools.lru_cache(maxsize=4)
+def load_mnist1d(split: str, data_dir: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, y)`` of MNIST-1D's default data set (``train``: 4,000, ``test``: 1,000 sequences): float32 of shape
+    ``(N, 40)`` and int64 labels 0..9, from ``mnist1d/mnist1d_data.npz`` (arrays ``x``, ``y``, ``x_test``,
+    ``y_test``)."""
+    _check_split(split)
+    arrays = read_npz(dataset_file("mnist1d", "mnist1d_data.npz", data_dir))
+    x_key, y_key = ("x", "y") if split == "train" else ("x_test", "y_test")
+    missing = {x_key, y_key} - set(arrays)
+    if missing:
+        raise ValueError(f"mnist1d_data.npz lacks the arrays {sorted(missing)}")
+    x, y = arrays[x_key], arrays[y_key]
+    if x.ndim != 2 or y.shape != (len(x),):
+        raise ValueError(f"mnist1d_data.npz: {x_key} {x.shape} and {y_key} {y.shape} do not match")
+    return torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.int64))
+
+
+@functools.lru_cache(maxsize=4)
+def load_text(split: str, data_dir: str | None = None, dataset: str = "tinyshakespeare") -> tuple[torch.Tensor, str]:
+    """``(tokens, vocabulary)`` of a character-level corpus (``DIR/<dataset>/input.txt``): the vocabulary is the
+    sorted set of characters of the whole text, ``tokens`` the int64 indices of the first 90% of the characters
+    (``train``) or of the last 10% (``test``)."""
+    _check_split(split)
+    text = dataset_file(dataset, "input.txt", data_dir).read_text(encoding="utf-8")
+    vocabulary = "".join(sorted(set(text)))
+    lookup = np.zeros(max(map(ord, vocabulary), default=0) + 1, dtype=np.int64)
+    lookup[[ord(c) for c in vocabulary]] = np.arange(len(vocabulary))
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    boundary = int(0.9 * len(codes))
+    part = codes[:boundary] if split == "train" else codes[boundary:]
+    return torch.from_numpy(lookup[part]), vocabulary

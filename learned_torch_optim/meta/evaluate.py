@@ -40,9 +40,8 @@ from .. import __version__
 from ..network import CoordinatewiseLSTM
 from ..optimizer import LearnedOptimizer
 from ..weights import WeightsIdentity, load_weights
-from .data import _IDX_FILES, dataset_file
-from .tasks import _MNIST_VARIANTS as _DATA_TASKS
-from .tasks import Problem, Task, get_task
+from .data import dataset_file
+from .tasks import Problem, Task, get_task, task_data_files
 
 __all__ = [
     "BASELINES",
@@ -426,13 +425,13 @@ class BaselineCache:
 
 def _builtin_task_id(name: str, split: str, data_dir: str | None) -> str:
     """The cache identity of a built-in task: its name and, for datasets, the split and the sha256 of its files."""
-    if name not in _DATA_TASKS:
+    files = task_data_files(name, split)
+    if not files:
         return name
-    dataset = _DATA_TASKS[name].get("dataset", "mnist")
     digest = hashlib.sha256()
-    for file_name in _IDX_FILES[split]:
+    for dataset, file_name in files:
         digest.update(dataset_file(dataset, file_name, data_dir).read_bytes())
-    return f"{name}|split={split}|{dataset}-sha256={digest.hexdigest()}"
+    return f"{name}|split={split}|{'+'.join(sorted({d for d, _ in files}))}-sha256={digest.hexdigest()}"
 
 
 # -- evaluation --------------------------------------------------------------------------------------------------
@@ -535,7 +534,7 @@ def evaluate(
         if task_cache_key is not None:
             raise ValueError("task_cache_key is for Task objects; built-in tasks are cached by name")
         task_obj, task_name = get_task(task, split=split, data_dir=data_dir), task
-        task_split = split if task in _DATA_TASKS else None  # the quadratics have no data, hence no split
+        task_split = split if task_data_files(task, split) else None  # synthetic tasks have no data, no split
         task_id = _builtin_task_id(task, split, data_dir) if cache else None
     else:
         raise TypeError(f"task must be a built-in task name or a Task, got {type(task).__name__}")

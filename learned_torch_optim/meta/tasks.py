@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .data import load_image_classification
+from .data import _CIFAR_FILES, _IDX_FILES, load_cifar10_subset, load_image_classification, load_mnist1d, load_text
 
 
 class Problem(ABC):
@@ -193,6 +193,15 @@ def _init_normal_(module: nn.Module, std: float, generator: torch.Generator) -> 
     return module
 
 
+def _seeded_default_init(build: Callable[[], nn.Module], generator: torch.Generator) -> nn.Module:
+    """``build()`` with PyTorch's default initialisation, drawn from a seed taken from ``generator`` (the global
+    random state is left as it was)."""
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
 def mnist_mlp_task(
     name: str = "mnist-mlp",
     *,
@@ -202,20 +211,34 @@ def mnist_mlp_task(
     split: str = "train",
     data_dir: str | None = None,
     dataset: str = "mnist",
+    layernorm: bool = False,
+    init_std: float | None = 0.01,
 ) -> ModuleTask:
     """The paper's MNIST MLP (section 3.2): hidden layers of sigmoid units, cross-entropy, minibatches of 128,
-    weights and biases initialised N(0, 0.01^2) as in the original implementation, pixels in [0, 1]."""
+    weights and biases initialised N(0, 0.01^2) as in the original implementation, pixels in [0, 1].
+
+    ``dataset`` may be any IDX dataset (``fashion-mnist``); ``layernorm`` puts a ``LayerNorm`` before each hidden
+    activation; ``init_std=None`` keeps PyTorch's default initialisation (seeded by the problem).  ``hidden=()``
+    is multinomial logistic regression."""
     images, labels = load_image_classification(dataset, split, data_dir)
     flat_images = images.reshape(len(images), -1)
 
-    def model_factory(generator: torch.Generator) -> nn.Module:
+    def build() -> nn.Module:
         layers: list[nn.Module] = []
         width = flat_images.shape[1]
         for units in hidden:
-            layers += [nn.Linear(width, units), activation()]
+            layers.append(nn.Linear(width, units))
+            if layernorm:
+                layers.append(nn.LayerNorm(units))
+            layers.append(activation())
             width = units
         layers.append(nn.Linear(width, 10))
-        return _init_normal_(nn.Sequential(*layers), 0.01, generator)
+        return nn.Sequential(*layers)
+
+    def model_factory(generator: torch.Generator) -> nn.Module:
+        if init_std is None:
+            return _seeded_default_init(build, generator)
+        return _init_normal_(build(), init_std, generator)
 
     def batch_sampler(generator: torch.Generator) -> tuple[Tensor, Tensor]:
         index = torch.randint(len(flat_images), (batch_size,), generator=generator)
@@ -224,12 +247,219 @@ def mnist_mlp_task(
     return ModuleTask(name, model_factory, nn.functional.cross_entropy, batch_sampler)
 
 
+def _classification_sampler(
+    inputs: Tensor, labels: Tensor, batch_size: int
+) -> Callable[[torch.Generator], tuple[Tensor, Tensor]]:
+    def batch_sampler(generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        index = torch.randint(len(inputs), (batch_size,), generator=generator)
+        return inputs[index], labels[index]
+
+    return batch_sampler
+
+
+def _small_convnet(in_channels: int, side: int, channels: Sequence[int], classes: int = 10) -> nn.Module:
+    """3x3 convolutions of stride 2 with ReLU, then one linear layer on the flattened features."""
+    layers: list[nn.Module] = []
+    width = in_channels
+    for out in channels:
+        layers += [nn.Conv2d(width, out, 3, stride=2, padding=1), nn.ReLU()]
+        width, side = out, (side + 1) // 2
+    layers += [nn.Flatten(), nn.Linear(width * side * side, classes)]
+    return nn.Sequential(*layers)
+
+
+def mnist_conv_task(
+    name: str = "mnist-conv",
+    *,
+    channels: Sequence[int] = (8, 16),
+    batch_size: int = 64,
+    split: str = "train",
+    data_dir: str | None = None,
+    dataset: str = "mnist",
+) -> ModuleTask:
+    """A small conv net on an IDX dataset (28x28 grey images in [0, 1]): two stride-2 3x3 convolutions with ReLU,
+    then a linear layer; PyTorch's default initialisation, seeded by the problem; cross-entropy."""
+    images, labels = load_image_classification(dataset, split, data_dir)
+    inputs = images.unsqueeze(1)
+    return ModuleTask(
+        name,
+        lambda generator: _seeded_default_init(lambda: _small_convnet(1, 28, channels), generator),
+        nn.functional.cross_entropy,
+        _classification_sampler(inputs, labels, batch_size),
+    )
+
+
+def cifar_conv_task(
+    name: str = "cifar-conv",
+    *,
+    channels: Sequence[int] = (16, 32),
+    batch_size: int = 64,
+    split: str = "train",
+    data_dir: str | None = None,
+) -> ModuleTask:
+    """A small conv net on the CIFAR-10 subset (4,000 train / 1,000 test images, pixels mapped to ``(x - 0.5) /
+    0.25``): two stride-2 3x3 convolutions with ReLU, then a linear layer; PyTorch's default initialisation."""
+    images, labels = load_cifar10_subset(split, data_dir)
+    inputs = (images - 0.5) / 0.25
+    return ModuleTask(
+        name,
+        lambda generator: _seeded_default_init(lambda: _small_convnet(3, 32, channels), generator),
+        nn.functional.cross_entropy,
+        _classification_sampler(inputs, labels, batch_size),
+    )
+
+
+def mnist1d_mlp_task(
+    name: str = "mnist1d-mlp",
+    *,
+    hidden: Sequence[int] = (100, 100),
+    batch_size: int = 128,
+    split: str = "train",
+    data_dir: str | None = None,
+) -> ModuleTask:
+    """A ReLU MLP on MNIST-1D (sequences of length 40, 10 classes); PyTorch's default initialisation."""
+    x, y = load_mnist1d(split, data_dir)
+
+    def build() -> nn.Module:
+        layers: list[nn.Module] = []
+        width = x.shape[1]
+        for units in hidden:
+            layers += [nn.Linear(width, units), nn.ReLU()]
+            width = units
+        layers.append(nn.Linear(width, 10))
+        return nn.Sequential(*layers)
+
+    return ModuleTask(
+        name,
+        lambda generator: _seeded_default_init(build, generator),
+        nn.functional.cross_entropy,
+        _classification_sampler(x, y, batch_size),
+    )
+
+
+class CharRNN(nn.Module):
+    """A character-level language model: embedding, one GRU layer, a linear readout to the vocabulary."""
+
+    def __init__(self, vocabulary_size: int, embedding: int = 16, hidden: int = 64) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocabulary_size, embedding)
+        self.rnn = nn.GRU(embedding, hidden, batch_first=True)
+        self.readout = nn.Linear(hidden, vocabulary_size)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """Logits of shape ``(batch, length, vocabulary)`` for the next character at each position."""
+        outputs, _ = self.rnn(self.embed(tokens))
+        return self.readout(outputs)
+
+
+def _sequence_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+def char_rnn_task(
+    name: str = "char-rnn",
+    *,
+    sequence_length: int = 32,
+    batch_size: int = 32,
+    hidden: int = 64,
+    embedding: int = 16,
+    split: str = "train",
+    data_dir: str | None = None,
+) -> ModuleTask:
+    """A tiny GRU language model on tiny-shakespeare characters (first 90% train, last 10% test): minibatches of
+    ``batch_size`` random windows of ``sequence_length`` characters, next-character cross-entropy."""
+    tokens, vocabulary = load_text(split, data_dir)
+    if len(tokens) <= sequence_length:
+        raise ValueError(f"the {split} text has {len(tokens)} characters, fewer than a window of {sequence_length + 1}")
+    offsets = torch.arange(sequence_length + 1)
+
+    def batch_sampler(generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        starts = torch.randint(len(tokens) - sequence_length, (batch_size, 1), generator=generator)
+        windows = tokens[starts + offsets]
+        return windows[:, :-1], windows[:, 1:]
+
+    return ModuleTask(
+        name,
+        lambda generator: _seeded_default_init(lambda: CharRNN(len(vocabulary), embedding, hidden), generator),
+        _sequence_cross_entropy,
+        batch_sampler,
+    )
+
+
+class IllConditionedQuadraticProblems(Problem):
+    """``f(theta) = 1/2 (theta - c)^T A (theta - c)`` with ``A = Q diag(lambda) Q^T``, ``k`` draws side by side."""
+
+    def __init__(self, A: Tensor, center: Tensor, theta0: Tensor) -> None:
+        self.A, self.center, self.theta0 = A, center, theta0
+        self.num_problems = A.shape[0]
+
+    def init_params(self) -> Tensor:
+        return self.theta0.reshape(-1).clone()
+
+    def loss(self, params: Tensor, batch: Any) -> Tensor:
+        delta = (params.view(self.num_problems, -1) - self.center).unsqueeze(-1)
+        return 0.5 * (delta.transpose(1, 2) @ self.A @ delta).sum()
+
+    def to(self, device: torch.device | str) -> Problem:
+        self.A, self.center, self.theta0 = self.A.to(device), self.center.to(device), self.theta0.to(device)
+        return self
+
+
+class IllConditionedQuadraticTask(Task):
+    """Quadratics of a chosen condition number: eigenvalues log-spaced from ``1/kappa`` to 1, ``kappa`` drawn
+    log-uniformly from ``condition_range`` per problem, eigenvectors a uniformly random orthogonal matrix (QR of a
+    Gaussian with the sign fix), optimum ``c`` and start ``theta_0`` standard normal."""
+
+    default_meta_batch_size = 128
+
+    def __init__(
+        self, dims: int = 20, condition_range: tuple[float, float] = (10.0, 1e4), name: str = "quadratic-ill"
+    ) -> None:
+        self.dims, self.condition_range, self.name = dims, condition_range, name
+
+    def problem(self, seed: int) -> Problem:
+        return self.problems([seed])
+
+    def draw(self, seed: int) -> tuple[Tensor, Tensor, Tensor, float]:
+        """``(A, c, theta_0, kappa)`` of problem ``seed``."""
+        gen = torch.Generator().manual_seed(seed)
+        low, high = (math.log(v) for v in self.condition_range)
+        kappa = math.exp(low + (high - low) * torch.rand((), generator=gen, dtype=torch.float64).item())
+        q, r = torch.linalg.qr(torch.randn(self.dims, self.dims, generator=gen, dtype=torch.float64))
+        q = q * torch.sign(torch.diagonal(r))
+        eigenvalues = torch.logspace(-math.log10(kappa), 0.0, self.dims, dtype=torch.float64)
+        A = (q * eigenvalues) @ q.T
+        A = 0.5 * (A + A.T)
+        center = torch.randn(self.dims, generator=gen)
+        theta0 = torch.randn(self.dims, generator=gen)
+        return A.float(), center, theta0, kappa
+
+    def problems(self, seeds: Sequence[int]) -> Problem:
+        draws = [self.draw(seed)[:3] for seed in seeds]
+        A, center, theta0 = (torch.stack(parts) for parts in zip(*draws, strict=True))
+        return IllConditionedQuadraticProblems(A, center, theta0)
+
+
 _MNIST_VARIANTS: dict[str, dict[str, Any]] = {
     "mnist-mlp": {},
     "mnist-mlp-40": {"hidden": (40,)},
     "mnist-mlp-2layer": {"hidden": (20, 20)},
     "mnist-mlp-relu": {"activation": nn.ReLU},
+    "mlp-tanh": {"hidden": (64,), "activation": nn.Tanh, "init_std": None},
+    "mlp-gelu": {"hidden": (32, 32), "activation": nn.GELU, "init_std": None},
+    "mlp-relu-layernorm": {"hidden": (64, 64), "activation": nn.ReLU, "layernorm": True, "init_std": None},
+    "fashion-mnist-mlp": {"dataset": "fashion-mnist"},
+    "logistic-regression": {"hidden": (), "init_std": None},
 }
+"""Built-in tasks that are ``mnist_mlp_task(**kwargs)`` on an IDX dataset (``dataset``, default ``mnist``)."""
+
+_OTHER_DATA_TASKS: dict[str, tuple[Callable[..., ModuleTask], str]] = {
+    "mnist-conv": (mnist_conv_task, "mnist"),
+    "cifar-conv": (cifar_conv_task, "cifar10-subset"),
+    "mnist1d-mlp": (mnist1d_mlp_task, "mnist1d"),
+    "char-rnn": (char_rnn_task, "tinyshakespeare"),
+}
+"""Other built-in dataset tasks: ``(builder, dataset)``."""
 
 TASK_DESCRIPTIONS = {
     "quadratic": "10-d quadratics ||W theta - y||^2 with fresh W, y per problem (paper 3.1)",
@@ -237,13 +467,44 @@ TASK_DESCRIPTIONS = {
     "mnist-mlp-40": "as mnist-mlp with 40 hidden units (paper figure 4)",
     "mnist-mlp-2layer": "as mnist-mlp with two hidden layers of 20 units (paper figure 4)",
     "mnist-mlp-relu": "as mnist-mlp with ReLU activations (paper figure 4)",
+    "mlp-tanh": "MNIST MLP, one hidden layer of 64 tanh units, PyTorch default init, batch 128",
+    "mlp-gelu": "MNIST MLP, two hidden layers of 32 GELU units, PyTorch default init, batch 128",
+    "mlp-relu-layernorm": "MNIST MLP, two hidden layers of 64 units with LayerNorm then ReLU, default init, batch 128",
+    "fashion-mnist-mlp": "as mnist-mlp (20 sigmoid units, N(0, 0.01^2) init) on Fashion-MNIST",
+    "logistic-regression": "multinomial logistic regression on MNIST pixels (convex), default init, batch 128",
+    "mnist-conv": "MNIST conv net: 3x3 stride-2 convs of 8 and 16 channels with ReLU, then linear; batch 64",
+    "cifar-conv": "CIFAR-10 subset (4,000 images) conv net: 3x3 stride-2 convs of 16 and 32 channels, linear; batch 64",
+    "mnist1d-mlp": "MNIST-1D MLP, two hidden layers of 100 ReLU units, default init, batch 128",
+    "char-rnn": "tiny-shakespeare character GRU LM: embedding 16, hidden 64, windows of 32 chars, batch 32",
+    "quadratic-ill": "20-d quadratics 1/2 (x-c)^T A (x-c), condition number log-uniform in [10, 1e4], random basis",
 }
 
 
+def task_data_files(name: str, split: str) -> list[tuple[str, str]]:
+    """The ``(dataset, file name)`` pairs that built-in task ``name`` reads for ``split`` (empty for synthetic
+    tasks), e.g. to key caches on the data's checksums."""
+    if name in _MNIST_VARIANTS:
+        return [(_MNIST_VARIANTS[name].get("dataset", "mnist"), f) for f in _IDX_FILES[split]]
+    if name not in _OTHER_DATA_TASKS:
+        return []
+    dataset = _OTHER_DATA_TASKS[name][1]
+    if dataset in ("mnist", "fashion-mnist"):
+        return [(dataset, f) for f in _IDX_FILES[split]]
+    if dataset == "cifar10-subset":
+        return [(dataset, _CIFAR_FILES[split])]
+    if dataset == "mnist1d":
+        return [(dataset, "mnist1d_data.npz")]
+    return [(dataset, "input.txt")]
+
+
 def get_task(name: str, *, split: str = "train", data_dir: str | None = None) -> Task:
-    """A built-in task by name (see :data:`TASK_DESCRIPTIONS`); MNIST tasks read ``split`` from ``data_dir``."""
+    """A built-in task by name (see :data:`TASK_DESCRIPTIONS`); dataset tasks read ``split`` from ``data_dir``."""
     if name == "quadratic":
         return QuadraticTask()
+    if name == "quadratic-ill":
+        return IllConditionedQuadraticTask()
     if name in _MNIST_VARIANTS:
         return mnist_mlp_task(name, split=split, data_dir=data_dir, **_MNIST_VARIANTS[name])
+    if name in _OTHER_DATA_TASKS:
+        return _OTHER_DATA_TASKS[name][0](name, split=split, data_dir=data_dir)
     raise ValueError(f"unknown task {name!r}; built-in tasks: {', '.join(TASK_DESCRIPTIONS)}")
