@@ -35,7 +35,7 @@ NEW_TASKS = [
     "char-rnn",
     "quadratic-ill",
 ]
-REAL_DATA = Path("/work/shared/data")
+REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data beside the checkout
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 8
 
 
