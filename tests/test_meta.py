@@ -281,3 +281,13 @@ def test_resume_with_other_validation_settings_is_refused(tmp_path):
     MetaTrainer(quick_config(iterations=1), tmp_path).train(progress=False)
     with pytest.raises(ValueError, match="validation_problems"):
         MetaTrainer(quick_config(iterations=2, validation_problems=3), tmp_path).train(resume=True, progress=False)
+
+
+def test_meta_loss_final_adds_the_loss_after_the_last_update():
+    """Golden first unroll with f(theta_T) too: dL/dw = sum_{t=0..5} 2 x (2t) = 60, dL/db = 30 at x = 1."""
+    network = linear_identity_network()
+    result = unroll(network, Square(), Square().init_params(), network.initial_state(1), 5, include_final=True)
+    result.meta_loss.backward()
+    assert network.readout.weight.grad.item() == pytest.approx(60.0)
+    assert network.readout.bias.grad.item() == pytest.approx(30.0)
+    assert result.meta_loss.item() == pytest.approx(6.0)

@@ -35,6 +35,11 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--meta-lr", type=float, default=1e-3, help="Adam learning rate of the meta-optimizer")
     p.add_argument("--meta-batch-size", type=int, default=None, help="problems per iteration (task default)")
     p.add_argument("--clip-grad-norm", type=float, default=None, help="clip the meta-gradient to this norm")
+    p.add_argument(
+        "--meta-loss-final",
+        action="store_true",
+        help="add f(theta_T), the loss after a truncation's last update, to its meta-loss (as the original code)",
+    )
     p.add_argument("--validate-every", type=int, default=50, help="iterations between validations")
     p.add_argument("--validation-problems", type=int, default=10)
     p.add_argument("--checkpoint-every", type=int, default=10, help="iterations between checkpoints")
@@ -76,6 +81,7 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         meta_lr=args.meta_lr,
         meta_batch_size=args.meta_batch_size,
         clip_grad_norm=args.clip_grad_norm,
+        meta_loss_final=args.meta_loss_final,
         seed=args.seed,
         validate_every=args.validate_every,
         validation_problems=args.validation_problems,

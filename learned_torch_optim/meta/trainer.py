@@ -40,6 +40,8 @@ class TrainConfig:
     meta_batch_size: int | None = None
     """Problems optimised side by side per iteration; ``None`` takes the task's default."""
     clip_grad_norm: float | None = None
+    meta_loss_final: bool = False
+    """Add ``f(theta_T)`` to each truncation's meta-loss, as the original implementation does."""
     seed: int = 0
     validate_every: int = 50
     validation_problems: int = 10
@@ -58,10 +60,11 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.horizon % self.unroll:
             raise ValueError(f"horizon ({self.horizon}) must be a multiple of unroll ({self.unroll})")
-        if self.unroll < 2:
+        if self.unroll < 2 and not self.meta_loss_final:
             raise ValueError(
                 f"unroll must be at least 2, got {self.unroll}: a truncation's meta-loss sums the losses at the "
-                "iterates where its gradients are taken, so with one step it does not depend on the network"
+                "iterates where its gradients are taken, so with one step it does not depend on the network "
+                "(unless meta_loss_final adds the loss after the last update)"
             )
         if not self.meta_lr > 0:
             raise ValueError(f"meta_lr must be positive, got {self.meta_lr}")
@@ -96,6 +99,7 @@ def meta_iteration(
     horizon: int,
     unroll_length: int,
     clip_grad_norm: float | None = None,
+    include_final: bool = False,
     average_across_processes: bool = False,
 ) -> float:
     """Optimise ``problem`` for ``horizon`` steps from its initial parameters and a zero LSTM state, with one
@@ -109,7 +113,7 @@ def meta_iteration(
     state = network.initial_state(params.numel(), device=params.device)
     losses = []
     for _ in range(horizon // unroll_length):
-        result = unroll(network, problem, params, state, unroll_length)
+        result = unroll(network, problem, params, state, unroll_length, include_final=include_final)
         meta_optimizer.zero_grad()
         (result.meta_loss / problem.num_problems).backward()
         if average_across_processes:
@@ -206,6 +210,7 @@ class MetaTrainer:
             "network",
             "meta_batch_size",
             "clip_grad_norm",
+            "meta_loss_final",
             "validate_every",
             "validation_problems",
         ):
@@ -244,6 +249,7 @@ class MetaTrainer:
             horizon=self.config.horizon,
             unroll_length=self.config.unroll,
             clip_grad_norm=self.config.clip_grad_norm,
+            include_final=self.config.meta_loss_final,
             average_across_processes=self.world_size > 1,
         )
 
@@ -324,6 +330,7 @@ class MetaTrainer:
             f"| unroll (truncation length) | {c.unroll} |",
             f"| meta-optimizer | Adam, lr {c.meta_lr} |",
             f"| meta-gradient clipping | {c.clip_grad_norm if c.clip_grad_norm is not None else 'none'} |",
+            f"| meta-loss per truncation | f(theta_t) summed over t = 0..{'T' if c.meta_loss_final else 'T-1'} |",
             f"| problems per iteration | {self.meta_batch_size} |",
             f"| iterations | {self.iteration} |",
             f"| seed | {c.seed} |",

@@ -8,6 +8,7 @@ Within one truncation of ``T`` steps, starting from ``theta_0`` and LSTM state `
     (u_t, s_{t+1})   = m(g_t, s_t; phi)
     theta_{t+1}      = theta_t + u_t
     L(phi)           = sum_{t=0}^{T-1} f_t              # all weights w_t = 1 (paper eq. 3)
+                     (+ f(theta_T) with include_final)
 
 ``g_t`` is taken with ``torch.autograd.grad`` w.r.t. ``theta_t`` alone, which walks only the graph of ``f_t``:
 the cost of the whole unroll, and of the single backward through ``L`` at its end, is linear in ``T``.
@@ -36,10 +37,20 @@ class UnrollResult:
     """``f_t`` per step, detached (summed over the independent problems)."""
 
 
-def unroll(network: CoordinatewiseLSTM, problem: Problem, params: Tensor, state: Tensor, steps: int) -> UnrollResult:
+def unroll(
+    network: CoordinatewiseLSTM,
+    problem: Problem,
+    params: Tensor,
+    state: Tensor,
+    steps: int,
+    *,
+    include_final: bool = False,
+) -> UnrollResult:
     """Run ``steps`` optimizer steps of ``network`` on ``problem`` keeping the graph for the meta-gradient.
 
-    ``params`` and ``state`` are detached here: a truncation never backpropagates into the previous one.
+    ``params`` and ``state`` are detached here: a truncation never backpropagates into the previous one.  With
+    ``include_final`` the meta-loss also has ``f(theta_T)``, the loss after the last update (on a fresh minibatch),
+    as in the original implementation, so that the last update of the truncation is judged too.
     """
     params = params.detach().requires_grad_(True)
     state = state.detach()
@@ -52,4 +63,6 @@ def unroll(network: CoordinatewiseLSTM, problem: Problem, params: Tensor, state:
         losses.append(loss.detach())
         update, state = network(grad, state)
         params = params + update
+    if include_final:
+        meta_loss = meta_loss + problem.loss(params, problem.sample_batch())
     return UnrollResult(meta_loss, params, state, torch.stack(losses))
