@@ -105,6 +105,7 @@ def main() -> None:
             save_file(restored, str(out / "restored.safetensors"))
     report[f"rank{rank}"] = "ok"
     (out / f"{mode}-rank{rank}.json").write_text(json.dumps(report))
+    dist.barrier()  # no rank tears the group down while another still uses it
     dist.destroy_process_group()
 
 

@@ -104,6 +104,7 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if trainer.world_size > 1:
         import torch.distributed as dist
 
+        dist.barrier()  # rank 0 has written the weights; no rank tears the group down while another uses it
         dist.destroy_process_group()
     return 0
 
