@@ -11,12 +11,13 @@ import functools
 import gzip
 import hashlib
 import os
-import tempfile
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .files import atomic_write, cache_root
 
 DATA_ENV = "LEARNED_TORCH_OPTIM_DATA"
 
@@ -76,7 +77,8 @@ class DataNotFoundError(FileNotFoundError):
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "learned_torch_optim" / "data"
+    """``$XDG_CACHE_HOME/learned_torch_optim/data``, by default ``~/.cache/learned_torch_optim/data``."""
+    return cache_root() / "data"
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
@@ -106,9 +108,7 @@ def _download(dataset: str, file_name: str, target: Path) -> None:
         if hashlib.sha256(payload).hexdigest() != expected:
             errors.append(f"{base + file_name}: sha256 mismatch")
             continue
-        with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as handle:
-            handle.write(payload)
-        os.replace(handle.name, target)
+        atomic_write(target, lambda handle, data=payload: handle.write(data), "wb")
         return
     reason = "; ".join(errors) if errors else "it has no stable download URL"
     raise DataNotFoundError(

@@ -25,7 +25,6 @@ import json
 import math
 import os
 import statistics
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from ..network import CoordinatewiseLSTM
 from ..optimizer import LearnedOptimizer
 from ..weights import WeightsIdentity, load_weights
 from .data import dataset_file
+from .files import atomic_write, atomic_write_text, cache_root
 from .tasks import Problem, Task, get_task, task_data_files
 
 __all__ = [
@@ -319,8 +319,8 @@ class EvaluationResult:
         out.mkdir(parents=True, exist_ok=True)
         data = self.to_dict()
         written = [out / "results.json", out / "results.md"]
-        _atomic_write_text(written[0], json.dumps(data, indent=2, allow_nan=False) + "\n")
-        _atomic_write_text(written[1], format_results_markdown(data) + "\n")
+        atomic_write_text(written[0], json.dumps(data, indent=2, allow_nan=False) + "\n")
+        atomic_write_text(written[1], format_results_markdown(data) + "\n")
         if plot:
             try:
                 plot_curves(data, out / "curves.png")
@@ -331,31 +331,12 @@ class EvaluationResult:
         return written
 
 
-def _atomic_write(path: Path, write: Callable[[Any], object], mode: str = "w") -> None:
-    """Write ``path`` through a temporary file in its folder, then ``os.replace``: readers never see a partial file."""
-    encoding = "utf-8" if "b" not in mode else None
-    handle = tempfile.NamedTemporaryFile(
-        mode, dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False, encoding=encoding
-    )
-    try:
-        with handle:
-            write(handle)
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda handle: handle.write(text))
-
-
 # -- the baseline cache ------------------------------------------------------------------------------------------
 
 
 def default_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/learned_torch_optim/baselines``, by default ``~/.cache/learned_torch_optim/baselines``."""
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "learned_torch_optim" / "baselines"
+    return cache_root() / "baselines"
 
 
 class BaselineCache:
@@ -416,7 +397,7 @@ class BaselineCache:
         }
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            _atomic_write_text(self.path(key), json.dumps(entry, allow_nan=False))
+            atomic_write_text(self.path(key), json.dumps(entry, allow_nan=False))
         except OSError as error:
             if not self._warned:
                 self._warned = True
@@ -719,5 +700,5 @@ def plot_curves(result: EvaluationResult | Mapping[str, Any], path: str | os.Pat
         axes.legend()
     figure.tight_layout()
     path = Path(path)
-    _atomic_write(path, lambda handle: figure.savefig(handle, format="png", dpi=120), mode="wb")
+    atomic_write(path, lambda handle: figure.savefig(handle, format="png", dpi=120), mode="wb")
     return path

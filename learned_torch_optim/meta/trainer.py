@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..network import CoordinatewiseLSTM
+from .files import atomic_write, atomic_write_text
 from .tasks import Problem, Task, get_task
 from .unroll import unroll
 
@@ -81,14 +82,8 @@ class TrainConfig:
         return cls(**{k: v for k, v in values.items() if k in known})
 
 
-def _atomic_write_bytes(path: Path, write: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    _atomic_write_bytes(path, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in rows)))
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def meta_iteration(
@@ -193,7 +188,7 @@ class MetaTrainer:
         """Write ``checkpoint.pt`` and ``metrics.jsonl`` atomically (rank 0; the others wait for it)."""
         if self.rank == 0:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            _atomic_write_bytes(self.out_dir / CHECKPOINT, lambda tmp: torch.save(self._checkpoint(), tmp))
+            atomic_write(self.out_dir / CHECKPOINT, lambda handle: torch.save(self._checkpoint(), handle), "wb")
             _write_jsonl(self.out_dir / METRICS, self.rows)
         if self.world_size > 1:
             dist.barrier()

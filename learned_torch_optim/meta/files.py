@@ -1,0 +1,35 @@
+"""Writing files so that nothing is lost, and where the meta-trainer caches things."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def cache_root() -> Path:
+    """``$XDG_CACHE_HOME/learned_torch_optim``, by default ``~/.cache/learned_torch_optim``."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "learned_torch_optim"
+
+
+def atomic_write(path: Path, write: Callable[[Any], object], mode: str = "w") -> None:
+    """Write ``path`` through a temporary file in its folder, then ``os.replace``: readers never see a partial file,
+    and a failed write leaves the old file (and no temporary) behind."""
+    encoding = "utf-8" if "b" not in mode else None
+    handle = tempfile.NamedTemporaryFile(
+        mode, dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False, encoding=encoding
+    )
+    try:
+        with handle:
+            write(handle)
+        os.chmod(handle.name, 0o644)
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda handle: handle.write(text))
