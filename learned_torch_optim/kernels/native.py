@@ -37,8 +37,10 @@ last_failure: str | None = None
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("LEARNED_TORCH_OPTIM_CACHE") or Path.home() / ".cache" / "learned_torch_optim"
-    return Path(root) / "kernels"
+    """``$LEARNED_TORCH_OPTIM_CACHE/kernels``, else ``$XDG_CACHE_HOME/learned_torch_optim/kernels`` (default
+    ``~/.cache/...``).  The libraries there are loaded and run: keep it a folder only you can write to."""
+    cache_home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return Path(os.environ.get("LEARNED_TORCH_OPTIM_CACHE") or cache_home / "learned_torch_optim") / "kernels"
 
 
 def _compiler() -> str | None:

@@ -211,7 +211,7 @@ class OptimizerResult:
     def best(self) -> RunResult | None:
         """The run of lowest metric (the smallest such lr on ties); ``None`` when every lr diverged."""
         finite = [run for run in self.runs if not run.diverged]
-        return min(finite, key=lambda run: run.metric) if finite else None
+        return min(finite, key=lambda run: (run.metric, run.lr)) if finite else None
 
     @property
     def best_lr(self) -> float | None:
