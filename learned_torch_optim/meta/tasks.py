@@ -224,27 +224,33 @@ def mnist_mlp_task(
     flat_images = images.reshape(len(images), -1)
 
     def build() -> nn.Module:
-        layers: list[nn.Module] = []
-        width = flat_images.shape[1]
-        for units in hidden:
-            layers.append(nn.Linear(width, units))
-            if layernorm:
-                layers.append(nn.LayerNorm(units))
-            layers.append(activation())
-            width = units
-        layers.append(nn.Linear(width, 10))
-        return nn.Sequential(*layers)
+        return _mlp(flat_images.shape[1], hidden, activation, layernorm=layernorm)
 
     def model_factory(generator: torch.Generator) -> nn.Module:
         if init_std is None:
             return _seeded_default_init(build, generator)
         return _init_normal_(build(), init_std, generator)
 
-    def batch_sampler(generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        index = torch.randint(len(flat_images), (batch_size,), generator=generator)
-        return flat_images[index], labels[index]
+    return ModuleTask(
+        name, model_factory, nn.functional.cross_entropy, _classification_sampler(flat_images, labels, batch_size)
+    )
 
-    return ModuleTask(name, model_factory, nn.functional.cross_entropy, batch_sampler)
+
+def _mlp(
+    in_features: int, hidden: Sequence[int], activation: type[nn.Module], *, layernorm: bool = False, classes: int = 10
+) -> nn.Sequential:
+    """Linear layers of ``hidden`` widths, each followed by (``LayerNorm`` and) ``activation``, then a linear
+    read-out to ``classes``."""
+    layers: list[nn.Module] = []
+    width = in_features
+    for units in hidden:
+        layers.append(nn.Linear(width, units))
+        if layernorm:
+            layers.append(nn.LayerNorm(units))
+        layers.append(activation())
+        width = units
+    layers.append(nn.Linear(width, classes))
+    return nn.Sequential(*layers)
 
 
 def _classification_sampler(
@@ -321,13 +327,7 @@ def mnist1d_mlp_task(
     x, y = load_mnist1d(split, data_dir)
 
     def build() -> nn.Module:
-        layers: list[nn.Module] = []
-        width = x.shape[1]
-        for units in hidden:
-            layers += [nn.Linear(width, units), nn.ReLU()]
-            width = units
-        layers.append(nn.Linear(width, 10))
-        return nn.Sequential(*layers)
+        return _mlp(x.shape[1], hidden, nn.ReLU)
 
     return ModuleTask(
         name,
