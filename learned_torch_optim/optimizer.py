@@ -55,7 +55,6 @@ def learned_step(
     params: list[Tensor],
     grads: list[Tensor],
     lstm_states: list[Tensor],
-    steps: list[Tensor],
     *,
     network: CoordinatewiseLSTM,
     lr: float | Tensor,
@@ -89,7 +88,6 @@ def learned_step(
 
     torch._foreach_copy_(real_params, [chunk.view_as(p) for chunk, p in zip(new_theta.split(numels), real_params)])
     torch._foreach_copy_(lstm_states, [chunk.view_as(s) for chunk, s in zip(new_state.split(numels), lstm_states)])
-    torch._foreach_add_(steps, 1)
     return all_finite
 
 
@@ -221,14 +219,14 @@ class LearnedOptimizer(Optimizer):
                     self.implementation == "auto" and torch.compiler.is_compiling()
                 ):
                     network = self._network_on(device)
-                    all_finite &= learned_step(b_params, b_grads, b_states, b_steps, network=network, **options)
+                    all_finite &= learned_step(b_params, b_grads, b_states, network=network, **options)
                 else:
                     real_params, real_grads = [_real(p) for p in b_params], [_real(g) for g in b_grads]
                     allow_compiled = self.implementation != "blocked"
                     all_finite &= fused_step(
                         real_params, real_grads, b_states, self.network, allow_compiled=allow_compiled, **options
                     )
-                    torch._foreach_add_(b_steps, 1)
+                torch._foreach_add_(b_steps, 1)
         if not all_finite and not self._warned_non_finite:
             self._warned_non_finite = True
             warnings.warn(

@@ -106,7 +106,7 @@ def step_both_ways(network, params, grads, states, *, kernel, block_size=64, sta
                 packed = pack_network(network, CPU)
                 finite = blocked_step(p, grads, s, packed, block_size=block_size, kernel=kernel, **options)
             else:
-                finite = learned_step(p, grads, s, [torch.tensor(0.0) for _ in p], network=network, **options)
+                finite = learned_step(p, grads, s, network=network, **options)
         results.append((finite, p, s))
     return results
 
