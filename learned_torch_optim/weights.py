@@ -241,10 +241,13 @@ def load_weights(
         revision: branch, tag or commit of a hub repo; only meaningful for repo ids.
 
     The returned network carries ``weights_identity``, a :class:`WeightsIdentity`; for a hub repo its ``revision``
-    is the commit the files were downloaded at (what ``revision`` resolved to).
+    is the commit the files were downloaded at (what ``revision`` resolved to).  An instance keeps the source and
+    revision it was loaded with (``"<instance>"`` if none); its hash is always that of its current tensors.
     """
     if isinstance(weights, CoordinatewiseLSTM):
-        network, source, used_revision = weights, "<instance>", None
+        known = getattr(weights, "weights_identity", None)  # where it was loaded from, if it was
+        network = weights
+        source, used_revision = (known.source, known.revision) if known is not None else ("<instance>", None)
     elif not isinstance(weights, (str, os.PathLike)):
         raise TypeError(
             f"weights must be a name, a path, a repo id or a CoordinatewiseLSTM, got {type(weights).__name__}"

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..network import CoordinatewiseLSTM
 from ..optimizer import LearnedOptimizer
-from ..weights import WeightsIdentity, load_weights
+from ..weights import load_weights
 from .data import dataset_file
 from .files import atomic_write, atomic_write_text, cache_root
 from .tasks import Problem, Task, get_task, task_data_files
@@ -522,7 +522,6 @@ def evaluate(
     baseline_cache = BaselineCache(cache_dir) if cache and task_id is not None else None
 
     network = None if weights is None else load_weights(weights, revision=revision)
-    # LearnedOptimizer re-identifies an instance as "<instance>": keep where the weights came from now.
     identity = None if network is None else network.weights_identity.as_dict()
     seeds = problem_seeds(seed, problems)
     results: dict[str, OptimizerResult] = {}
@@ -564,8 +563,6 @@ def evaluate(
                     baseline_cache.put(key, run)
                 runs.append(run)
             results[baseline.name] = OptimizerResult(baseline.name, baseline.description, runs)
-    if identity is not None:
-        network.weights_identity = WeightsIdentity(**identity)
     return EvaluationResult(
         task=task_name,
         split=task_split,
