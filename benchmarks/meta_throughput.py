@@ -33,7 +33,7 @@ class NaiveLSTMOptimizer(nn.Module):
         self.reference = CoordinatewiseLSTM(hidden_size=hidden, num_layers=layers)
 
     def forward(self, grad: torch.Tensor, state: list[tuple[torch.Tensor, torch.Tensor]]):
-        x = self.reference.features(grad)
+        x = self.reference.features(grad)[0]
         new_state = []
         for cell, (h, c) in zip(self.cells, state, strict=True):
             h, c = cell(x, (h, c))

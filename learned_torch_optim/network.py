@@ -10,6 +10,19 @@ state.  For a coordinate with gradient ``g_t`` and state ``s_t`` the rule is (pa
 
 With ``num_layers == 0`` there is no LSTM and the rule is the linear map ``u_t = output_scale * (w . x_t + b)``.
 
+Beyond the paper (all off by default, each a config option saved in ``config.json``; ``docs/paper.md`` lists them)
+the inputs can carry more per-coordinate history, kept in the same per-coordinate state, and the read-out can take
+a magnitude-direction form.  With ``t`` the coordinate's step count and ``beta2 = second_moment_decay``::
+
+    m_beta,t  = beta m_beta,t-1 + (1 - beta) g_t,   mhat = m_beta,t / (1 - beta^t)    # momentum_decays
+    v_t       = beta2 v_t-1 + (1 - beta2) g_t^2,    vhat = v_t / (1 - beta2^t)        # "adam_normalized"
+    x_t       = [pre(g_t), pre(mhat_beta) for each beta, tanh(t / tau) for each tau in step_timescales]
+
+where ``pre`` is the log/sign preprocessing, the identity, or ``z / (sqrt(vhat) + 1e-8)`` (``"adam_normalized"``,
+Adam's normalisation, which makes the inputs invariant to the gradient's scale).  With ``readout_skip`` the read-out
+sees ``[o_t, x_t]``; with ``output="direction_magnitude"`` it gives two numbers ``d, r`` and
+``u_t = output_scale * d * exp(magnitude_scale * r)`` (Wichrowska et al. 2017; Metz et al. 2020).
+
 This module is the single definition of the rule: :class:`learned_torch_optim.LearnedOptimizer` runs it under
 ``torch.no_grad()`` and the meta-trainer differentiates through it.
 """
@@ -17,13 +30,17 @@ This module is the single definition of the rule: :class:`learned_torch_optim.Le
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 
-PREPROCESSINGS = ("log_sign", "identity")
+PREPROCESSINGS = ("log_sign", "identity", "adam_normalized")
+OUTPUTS = ("additive", "direction_magnitude")
+ADAM_EPSILON = 1e-8
 
 _MODEL_CARD = """
 ---
@@ -56,6 +73,16 @@ def preprocess_log_sign(grad: Tensor, p: float) -> Tensor:
     return torch.stack((log_part, sign_part), dim=-1)
 
 
+_EXTENSION_DEFAULTS: dict[str, Any] = {
+    "momentum_decays": [],
+    "second_moment_decay": 0.999,
+    "step_timescales": [],
+    "readout_skip": False,
+    "output": "additive",
+    "magnitude_scale": 1.0,
+}
+
+
 class CoordinatewiseLSTM(
     nn.Module,
     PyTorchModelHubMixin,
@@ -71,13 +98,20 @@ class CoordinatewiseLSTM(
     Args:
         hidden_size: units per LSTM layer (20 in the paper).
         num_layers: stacked LSTM layers (2 in the paper); 0 gives a linear map of the inputs.
-        preprocessing: ``"log_sign"`` (Appendix A) or ``"identity"`` (the raw gradient).
+        preprocessing: ``"log_sign"`` (Appendix A), ``"identity"`` (the raw gradient) or ``"adam_normalized"``
+            (divided by the root of Adam's bias-corrected second moment).
         preprocessing_p: the constant ``p`` of the log/sign preprocessing (10 in the paper).
         output_scale: factor on the read-out (0.1 in the paper).
+        momentum_decays: decays ``beta`` of gradient moving averages given as extra inputs (none in the paper).
+        second_moment_decay: ``beta2`` of ``"adam_normalized"``.
+        step_timescales: ``tau`` of the step-count inputs ``tanh(t / tau)`` (none in the paper).
+        readout_skip: the read-out also sees the inputs (not in the paper).
+        output: ``"additive"`` (the paper) or ``"direction_magnitude"``.
+        magnitude_scale: the factor inside the exponential of ``"direction_magnitude"``.
 
     Per-coordinate state is one flat vector of :attr:`state_size` floats: for each layer ``l`` the hidden state
-    ``h_l`` followed by the cell state ``c_l``.  Every argument is written to ``config.json`` by
-    :meth:`save_pretrained`, so saved weights carry their own meaning.
+    ``h_l`` followed by the cell state ``c_l``, then the accumulators of the extra inputs, if any.  Every argument
+    is written to ``config.json`` by :meth:`save_pretrained`, so saved weights carry their own meaning.
     """
 
     def __init__(
@@ -87,6 +121,12 @@ class CoordinatewiseLSTM(
         preprocessing: str = "log_sign",
         preprocessing_p: float = 10.0,
         output_scale: float = 0.1,
+        momentum_decays: Sequence[float] = (),
+        second_moment_decay: float = 0.999,
+        step_timescales: Sequence[float] = (),
+        readout_skip: bool = False,
+        output: str = "additive",
+        magnitude_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if not isinstance(hidden_size, int) or hidden_size < 1:
@@ -97,32 +137,94 @@ class CoordinatewiseLSTM(
             raise ValueError(f"preprocessing must be one of {PREPROCESSINGS}, got {preprocessing!r}")
         if not preprocessing_p > 0:
             raise ValueError(f"preprocessing_p must be positive, got {preprocessing_p!r}")
+        if any(not 0.0 <= beta < 1.0 for beta in momentum_decays):
+            raise ValueError(f"momentum_decays must lie in [0, 1), got {list(momentum_decays)!r}")
+        if not 0.0 <= second_moment_decay < 1.0:
+            raise ValueError(f"second_moment_decay must lie in [0, 1), got {second_moment_decay!r}")
+        if any(not tau > 0 for tau in step_timescales):
+            raise ValueError(f"step_timescales must be positive, got {list(step_timescales)!r}")
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.preprocessing = preprocessing
         self.preprocessing_p = float(preprocessing_p)
         self.output_scale = float(output_scale)
-        self.num_inputs = 2 if preprocessing == "log_sign" else 1
+        self.momentum_decays = tuple(float(beta) for beta in momentum_decays)
+        self.second_moment_decay = float(second_moment_decay)
+        self.step_timescales = tuple(float(tau) for tau in step_timescales)
+        self.readout_skip = bool(readout_skip)
+        self.output = output
+        self.magnitude_scale = float(magnitude_scale)
+        per_value = 2 if preprocessing == "log_sign" else 1
+        self.num_inputs = per_value * (1 + len(self.momentum_decays)) + len(self.step_timescales)
         self.cells = nn.ModuleList(
             nn.LSTMCell(self.num_inputs if layer == 0 else hidden_size, hidden_size) for layer in range(num_layers)
         )
-        self.readout = nn.Linear(hidden_size if num_layers else self.num_inputs, 1)
+        readout_inputs = (hidden_size if num_layers else 0) + (self.num_inputs if readout_skip or not num_layers else 0)
+        self.readout = nn.Linear(readout_inputs, 2 if output == "direction_magnitude" else 1)
 
     @property
-    def config(self) -> dict[str, int | float | str]:
-        """The constructor's arguments, normalised (what ``config.json`` holds)."""
-        return {
+    def config(self) -> dict[str, Any]:
+        """The constructor's arguments, normalised (what ``config.json`` holds).  The options beyond the paper are
+        left out at their defaults, so paper-form weights keep the config (and :func:`weights_identity`) they had."""
+        config: dict[str, Any] = {
             "hidden_size": self.hidden_size,
             "num_layers": self.num_layers,
             "preprocessing": self.preprocessing,
             "preprocessing_p": self.preprocessing_p,
             "output_scale": self.output_scale,
         }
+        extensions = {
+            "momentum_decays": list(self.momentum_decays),
+            "second_moment_decay": self.second_moment_decay,
+            "step_timescales": list(self.step_timescales),
+            "readout_skip": self.readout_skip,
+            "output": self.output,
+            "magnitude_scale": self.magnitude_scale,
+        }
+        for name, value in extensions.items():
+            if value != _EXTENSION_DEFAULTS[name]:
+                config[name] = value
+        return config
+
+    @property
+    def is_paper_rule(self) -> bool:
+        """Whether the rule is the paper's form (gradient-only inputs, additive read-out of the top layer), the
+        form that the fused kernels implement."""
+        return (
+            self.preprocessing in ("log_sign", "identity")
+            and not self.accumulator_size
+            and not self.step_timescales
+            and not self.readout_skip
+            and self.output == "additive"
+        )
+
+    @property
+    def lstm_state_size(self) -> int:
+        """Floats of LSTM state per coordinate: ``num_layers * 2 * hidden_size`` (80 for the paper's network)."""
+        return self.num_layers * 2 * self.hidden_size
+
+    @property
+    def accumulator_size(self) -> int:
+        """Floats of gradient history per coordinate: the momenta, the second moment and the step count."""
+        moments = len(self.momentum_decays) + (self.preprocessing == "adam_normalized")
+        counted = moments or self.step_timescales
+        return moments + (1 if counted else 0)
 
     @property
     def state_size(self) -> int:
-        """Floats of state per coordinate: ``num_layers * 2 * hidden_size`` (80 for the paper's network)."""
-        return self.num_layers * 2 * self.hidden_size
+        """Floats of state per coordinate: the LSTM state (per layer ``h`` then ``c``), then the accumulators
+        (the momenta in the order of ``momentum_decays``, the second moment, the step count)."""
+        return self.lstm_state_size + self.accumulator_size
+
+    @property
+    def input_names(self) -> list[str]:
+        """One name per network input, in order (``g``, ``m0.9``, ``t100``; log/sign pairs get ``.log``/``.sign``)."""
+        values = ["g", *(f"m{beta:g}" for beta in self.momentum_decays)]
+        if self.preprocessing == "log_sign":
+            values = [f"{name}.{part}" for name in values for part in ("log", "sign")]
+        return values + [f"t{tau:g}" for tau in self.step_timescales]
 
     def initial_state(
         self, n: int, *, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
@@ -130,11 +232,39 @@ class CoordinatewiseLSTM(
         """Zero state for ``n`` coordinates, shape ``(n, state_size)``."""
         return torch.zeros(n, self.state_size, device=device, dtype=dtype)
 
-    def features(self, grad: Tensor) -> Tensor:
-        """The network's inputs for gradients ``grad`` of shape ``(n,)``: shape ``(n, num_inputs)``."""
+    def _preprocess(self, values: Tensor, second_moment: Tensor | None) -> Tensor:
+        """``values`` of shape ``(n, k)`` as network inputs of shape ``(n, k * per_value)``."""
         if self.preprocessing == "log_sign":
-            return preprocess_log_sign(grad, self.preprocessing_p)
-        return grad.unsqueeze(-1)
+            return preprocess_log_sign(values, self.preprocessing_p).flatten(1)
+        if second_moment is not None:
+            return values / (second_moment.sqrt() + ADAM_EPSILON)
+        return values
+
+    def features(self, grad: Tensor, accumulators: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The network's inputs for gradients ``grad`` of shape ``(n,)`` and the coordinates' accumulators (the
+        tail of their state, shape ``(n, accumulator_size)``; ``None``: a first step): ``(inputs of shape
+        (n, num_inputs), new accumulators)``."""
+        if accumulators is None:
+            accumulators = grad.new_zeros(grad.shape[0], self.accumulator_size)
+        if not self.accumulator_size:
+            return self._preprocess(grad.unsqueeze(-1), None), accumulators
+        step = accumulators[:, -1] + 1
+        values, new = [grad], []
+        for k, beta in enumerate(self.momentum_decays):
+            momentum = beta * accumulators[:, k] + (1 - beta) * grad
+            new.append(momentum)
+            values.append(momentum / (1 - beta**step))
+        second_moment = None
+        if self.preprocessing == "adam_normalized":
+            beta2 = self.second_moment_decay
+            v = beta2 * accumulators[:, len(self.momentum_decays)] + (1 - beta2) * grad * grad
+            new.append(v)
+            second_moment = (v / (1 - beta2**step)).unsqueeze(-1)
+        x = self._preprocess(torch.stack(values, dim=-1), second_moment)
+        if self.step_timescales:
+            timescales = torch.tensor(self.step_timescales, device=grad.device, dtype=grad.dtype)
+            x = torch.cat((x, torch.tanh(step.unsqueeze(-1) / timescales)), dim=1)
+        return x, torch.stack((*new, step), dim=-1)
 
     def forward(self, grad: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         """One step of the rule for ``n`` coordinates.
@@ -146,10 +276,11 @@ class CoordinatewiseLSTM(
         Returns:
             ``(update, new_state)``: the additive updates ``u_t``, shape ``(n,)``, and the new state.
         """
-        x = self.features(grad)
-        new_state = []
+        lstm_state, accumulators = state.split((self.lstm_state_size, self.accumulator_size), dim=1)
+        inputs, accumulators = self.features(grad, accumulators)
+        x, new_state = inputs, []
         for layer, cell in enumerate(self.cells):
-            h, c = state[:, 2 * layer * self.hidden_size : (2 * layer + 2) * self.hidden_size].chunk(2, dim=1)
+            h, c = lstm_state[:, 2 * layer * self.hidden_size : (2 * layer + 2) * self.hidden_size].chunk(2, dim=1)
             # LSTM cell (Hochreiter & Schmidhuber 1997), gate order i, f, g, o as torch.nn.LSTMCell.
             gates = torch.addmm(cell.bias_ih + cell.bias_hh, x, cell.weight_ih.t())
             gates = torch.addmm(gates, h, cell.weight_hh.t())
@@ -157,16 +288,19 @@ class CoordinatewiseLSTM(
             c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
             x = torch.sigmoid(o) * torch.tanh(c)
             new_state += [x, c]
-        update = self.output_scale * self.readout(x).squeeze(-1)
-        if new_state:
-            return update, torch.cat(new_state, dim=1)
-        return update, state
+        if self.readout_skip and self.num_layers:
+            x = torch.cat((x, inputs), dim=1)
+        out = self.readout(x)
+        if self.output == "direction_magnitude":
+            update = self.output_scale * out[:, 0] * torch.exp(self.magnitude_scale * out[:, 1])
+        else:
+            update = self.output_scale * out.squeeze(-1)
+        if not new_state and not self.accumulator_size:
+            return update, state
+        return update, torch.cat((*new_state, accumulators), dim=1)
 
     def extra_repr(self) -> str:
-        return (
-            f"hidden_size={self.hidden_size}, num_layers={self.num_layers}, preprocessing={self.preprocessing!r}, "
-            f"preprocessing_p={self.preprocessing_p}, output_scale={self.output_scale}"
-        )
+        return ", ".join(f"{name}={value!r}" for name, value in self.config.items())
 
     @classmethod
     def _from_pretrained(  # type: ignore[override]

@@ -114,12 +114,14 @@ class LearnedOptimizer(Optimizer):
             with torch operations only.  ``"reference"``: all coordinates through one call of the network
             (``CoordinatewiseLSTM.forward``), with temporaries of about 200 floats per coordinate.  ``"auto"``
             (default): ``"fused"``, and ``"reference"`` when traced by ``torch.compile`` (which fuses that
-            formulation itself).
+            formulation itself) or when the network is not of the paper's form (``network.is_paper_rule``: the
+            fused kernels implement only that form; ``"fused"`` and ``"blocked"`` refuse other networks).
         state_dtype: the dtype the LSTM state is stored in; ``torch.bfloat16`` halves its memory (the math stays
             fp32, the state is rounded when stored).
 
     State per parameter: ``step`` and ``lstm_state``, the hidden and cell state of every LSTM layer for every
-    coordinate (``state_size`` floats of ``state_dtype`` per coordinate, 80 for the paper's network).
+    coordinate (``state_size`` floats of ``state_dtype`` per coordinate, 80 for the paper's network), followed by
+    the network's gradient accumulators when it has extra inputs.
     """
 
     def __init__(
@@ -147,6 +149,11 @@ class LearnedOptimizer(Optimizer):
         defaults = dict(lr=lr, weight_decay=weight_decay, maximize=maximize)
         super().__init__(params, defaults)
         self.network = load_weights(weights, revision=revision)
+        if implementation in ("fused", "blocked") and not self.network.is_paper_rule:
+            raise ValueError(
+                f"implementation={implementation!r} supports only networks of the paper's form; weights "
+                f"{weights!r} have config {self.network.config} (use 'auto' or 'reference')"
+            )
         self.implementation = implementation
         self.state_dtype = state_dtype
         self._warned_non_finite = False
@@ -216,7 +223,7 @@ class LearnedOptimizer(Optimizer):
             for (device, _), ((b_params, b_grads, b_states, b_steps), _) in buckets.items():
                 options = dict(lr=group["lr"], weight_decay=group["weight_decay"], maximize=group["maximize"])
                 if self.implementation == "reference" or (
-                    self.implementation == "auto" and torch.compiler.is_compiling()
+                    self.implementation == "auto" and (torch.compiler.is_compiling() or not self.network.is_paper_rule)
                 ):
                     network = self._network_on(device)
                     all_finite &= learned_step(b_params, b_grads, b_states, network=network, **options)

@@ -23,7 +23,7 @@ def test_log_sign_preprocessing_matches_appendix_a():
 def test_identity_preprocessing_passes_gradient():
     net = CoordinatewiseLSTM(num_layers=0, preprocessing="identity", output_scale=1.0)
     grads = torch.tensor([0.5, -2.0])
-    assert torch.equal(net.features(grads), grads.unsqueeze(-1))
+    assert torch.equal(net.features(grads)[0], grads.unsqueeze(-1))
 
 
 def test_matches_torch_lstm_reference(network):
@@ -40,7 +40,7 @@ def test_matches_torch_lstm_reference(network):
     state = torch.randn(n, network.state_size)
     h0 = torch.stack([state[:, 2 * i * hidden : (2 * i + 1) * hidden] for i in range(layers)])
     c0 = torch.stack([state[:, (2 * i + 1) * hidden : (2 * i + 2) * hidden] for i in range(layers)])
-    out, (h1, c1) = reference(network.features(grads).unsqueeze(0), (h0, c0))
+    out, (h1, c1) = reference(network.features(grads)[0].unsqueeze(0), (h0, c0))
     expected_update = 0.1 * (out[0] @ network.readout.weight.t() + network.readout.bias).squeeze(-1)
 
     update, new_state = network(grads, state)

@@ -60,7 +60,11 @@ class PackedNetwork:
 
 def pack_network(network: CoordinatewiseLSTM, device: torch.device) -> PackedNetwork:
     """Lay out ``network``'s weights for the blocked kernels (a few kilobytes; done at every step, so a network
-    changed in place is always seen as it is)."""
+    changed in place is always seen as it is).  Only networks of the paper's form (``network.is_paper_rule``)."""
+    if not network.is_paper_rule:
+        raise ValueError(
+            f"the blocked kernels implement the paper's rule only, not a network with config {network.config}"
+        )
     hidden = network.hidden_size
     order = torch.cat([torch.arange(k * hidden, (k + 1) * hidden) for k in (0, 1, 3, 2)])  # i, f, g, o -> i, f, o, g
 

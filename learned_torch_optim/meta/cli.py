@@ -7,8 +7,20 @@ import shlex
 import sys
 from collections.abc import Callable, Sequence
 
+from ..network import OUTPUTS, PREPROCESSINGS
 from ..weights import DEFAULT_WEIGHTS, list_pretrained
 from .tasks import TASK_DESCRIPTIONS
+
+
+def _task_names(text: str) -> str:
+    names = [part.strip() for part in text.split(",")]
+    unknown = [name for name in names if name not in TASK_DESCRIPTIONS]
+    if unknown or not all(names):
+        raise argparse.ArgumentTypeError(
+            f"unknown task(s) {', '.join(map(repr, unknown)) or repr(text)}; "
+            f"built-in tasks: {', '.join(TASK_DESCRIPTIONS)}"
+        )
+    return ",".join(names)
 
 
 def _add_train(subparsers: argparse._SubParsersAction) -> None:
@@ -19,7 +31,12 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         "(config.json, model.safetensors, README.md model card) plus checkpoint.pt and metrics.jsonl into --out.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--task", required=True, choices=sorted(TASK_DESCRIPTIONS), help="built-in task family")
+    p.add_argument(
+        "--task",
+        required=True,
+        type=_task_names,
+        help=f"built-in task family, or several separated by commas (a mixture); one of {', '.join(TASK_DESCRIPTIONS)}",
+    )
     p.add_argument("--out", required=True, help="run directory (weights, checkpoint, metrics log)")
     p.add_argument(
         "--iterations",
@@ -33,6 +50,9 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--horizon", type=int, default=100, help="optimizee steps per problem")
     p.add_argument("--unroll", type=int, default=20, help="truncation length of BPTT")
     p.add_argument("--meta-lr", type=float, default=1e-3, help="Adam learning rate of the meta-optimizer")
+    p.add_argument(
+        "--meta-lr-schedule", choices=["constant", "cosine"], default="constant", help="of the meta learning rate"
+    )
     p.add_argument("--meta-batch-size", type=int, default=None, help="problems per iteration (task default)")
     p.add_argument("--clip-grad-norm", type=float, default=None, help="clip the meta-gradient to this norm")
     p.add_argument(
@@ -40,14 +60,46 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="add f(theta_T), the loss after a truncation's last update, to its meta-loss (as the original code)",
     )
+    p.add_argument(
+        "--meta-loss",
+        choices=["sum", "log"],
+        default="sum",
+        help="sum of the losses over a truncation (the paper) or of their logarithms (Wichrowska et al. 2017)",
+    )
+    p.add_argument(
+        "--horizon-curriculum",
+        type=int,
+        nargs="+",
+        default=[],
+        metavar="H",
+        help="training horizons for equal consecutive stages of the run (Chen et al. 2020); validation keeps --horizon",
+    )
+    p.add_argument(
+        "--param-scale",
+        type=float,
+        default=None,
+        help="rescale each training problem's coordinates by factors log-uniform in [1/S, S] (Lv et al. 2017)",
+    )
+    p.add_argument(
+        "--init",
+        choices=["default", "adam"],
+        default="default",
+        help="'adam': start as Adam (lr = --output-scale); needs adam_normalized inputs, momentum 0.9, --readout-skip",
+    )
     p.add_argument("--validate-every", type=int, default=50, help="iterations between validations")
     p.add_argument("--validation-problems", type=int, default=10)
     p.add_argument("--checkpoint-every", type=int, default=10, help="iterations between checkpoints")
     p.add_argument("--hidden-size", type=int, default=20)
     p.add_argument("--num-layers", type=int, default=2)
-    p.add_argument("--preprocessing", choices=["log_sign", "identity"], default="log_sign")
+    p.add_argument("--preprocessing", choices=list(PREPROCESSINGS), default="log_sign")
     p.add_argument("--preprocessing-p", type=float, default=10.0)
     p.add_argument("--output-scale", type=float, default=0.1)
+    p.add_argument("--momentum-decays", type=float, nargs="*", default=[], help="extra inputs: gradient averages")
+    p.add_argument("--second-moment-decay", type=float, default=0.999, help="beta2 of adam_normalized inputs")
+    p.add_argument("--step-timescales", type=float, nargs="*", default=[], help="extra inputs: tanh(step / tau)")
+    p.add_argument("--readout-skip", action="store_true", help="the read-out also sees the network's inputs")
+    p.add_argument("--output", choices=list(OUTPUTS), default="additive")
+    p.add_argument("--magnitude-scale", type=float, default=1.0, help="of the direction_magnitude output")
     p.add_argument("--device", default="cpu", help="torch device for the network and the problems, e.g. cuda")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -79,9 +131,14 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         horizon=args.horizon,
         unroll=args.unroll,
         meta_lr=args.meta_lr,
+        meta_lr_schedule=args.meta_lr_schedule,
         meta_batch_size=args.meta_batch_size,
         clip_grad_norm=args.clip_grad_norm,
         meta_loss_final=args.meta_loss_final,
+        meta_loss=args.meta_loss,
+        init=args.init,
+        param_scale=args.param_scale,
+        horizon_curriculum=args.horizon_curriculum,
         seed=args.seed,
         validate_every=args.validate_every,
         validation_problems=args.validation_problems,
@@ -94,6 +151,12 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
             "preprocessing": args.preprocessing,
             "preprocessing_p": args.preprocessing_p,
             "output_scale": args.output_scale,
+            "momentum_decays": args.momentum_decays,
+            "second_moment_decay": args.second_moment_decay,
+            "step_timescales": args.step_timescales,
+            "readout_skip": args.readout_skip,
+            "output": args.output,
+            "magnitude_scale": args.magnitude_scale,
         },
         command="learned-torch-optim " + " ".join(shlex.quote(a) for a in argv if a != "--resume"),
     )
@@ -154,7 +217,12 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
         help="packaged name, save_pretrained folder or hub repo id; omit to evaluate the baselines only",
     )
     p.add_argument("--revision", default=None, help="branch, tag or commit when --weights is a hub repo id")
-    p.add_argument("--task", required=True, choices=sorted(TASK_DESCRIPTIONS), help="built-in task family")
+    p.add_argument(
+        "--task",
+        required=True,
+        type=_task_names,
+        help=f"built-in task family, or several separated by commas (a mixture); one of {', '.join(TASK_DESCRIPTIONS)}",
+    )
     p.add_argument("--out", required=True, help="folder for results.json, results.md and curves.png")
     p.add_argument("--problems", type=_int_at_least(1), default=10, help="problems every optimizer runs on")
     p.add_argument("--steps", type=_int_at_least(1), default=100, help="optimizer steps per problem")

@@ -82,6 +82,50 @@ class ConcatenatedProblems(Problem):
         return self
 
 
+class RescaledProblem(Problem):
+    """``problem`` in rescaled coordinates (Lv et al. 2017, "random scaling"): the optimizer works on ``phi`` with
+    ``theta = scales * phi``, so ``loss(phi) = f(scales * phi)`` and ``phi_0 = theta_0 / scales``.  A rule that
+    learned one parameter scale per task cannot fit such problems, which teaches it to adapt to the scale."""
+
+    def __init__(self, problem: Problem, scales: Tensor) -> None:
+        self.problem, self.scales = problem, scales
+        self.num_problems = problem.num_problems
+
+    def init_params(self) -> Tensor:
+        return self.problem.init_params() / self.scales
+
+    def loss(self, params: Tensor, batch: Any) -> Tensor:
+        return self.problem.loss(params * self.scales, batch)
+
+    def sample_batch(self) -> Any:
+        return self.problem.sample_batch()
+
+    def to(self, device: torch.device | str) -> Problem:
+        self.problem = self.problem.to(device)
+        self.scales = self.scales.to(device)
+        return self
+
+
+class MixtureTask(Task):
+    """Several task families as one: problem ``seed`` comes from the family that ``seed`` picks (uniformly), so a
+    meta-batch of seeds mixes families and every draw stays deterministic."""
+
+    def __init__(self, tasks: Sequence[Task]) -> None:
+        if not tasks:
+            raise ValueError("a MixtureTask needs at least one task")
+        self.tasks = list(tasks)
+        self.name = ",".join(task.name for task in self.tasks)
+        self.default_meta_batch_size = 1
+
+    def family(self, seed: int) -> Task:
+        """The family that problem ``seed`` is drawn from."""
+        pick = torch.randint(len(self.tasks), (1,), generator=torch.Generator().manual_seed(seed)).item()
+        return self.tasks[int(pick)]
+
+    def problem(self, seed: int) -> Problem:
+        return self.family(seed).problem(seed)
+
+
 class QuadraticProblems(Problem):
     """``f(theta) = ||W theta - y||^2`` (paper section 3.1), ``k`` independent draws side by side."""
 
@@ -483,6 +527,8 @@ TASK_DESCRIPTIONS = {
 def task_data_files(name: str, split: str) -> list[tuple[str, str]]:
     """The ``(dataset, file name)`` pairs that built-in task ``name`` reads for ``split`` (empty for synthetic
     tasks), e.g. to key caches on the data's checksums."""
+    if "," in name:
+        return list(dict.fromkeys(f for part in name.split(",") for f in task_data_files(part.strip(), split)))
     if name in _MNIST_VARIANTS:
         return [(_MNIST_VARIANTS[name].get("dataset", "mnist"), f) for f in _IDX_FILES[split]]
     if name not in _OTHER_DATA_TASKS:
@@ -498,7 +544,10 @@ def task_data_files(name: str, split: str) -> list[tuple[str, str]]:
 
 
 def get_task(name: str, *, split: str = "train", data_dir: str | None = None) -> Task:
-    """A built-in task by name (see :data:`TASK_DESCRIPTIONS`); dataset tasks read ``split`` from ``data_dir``."""
+    """A built-in task by name (see :data:`TASK_DESCRIPTIONS`); dataset tasks read ``split`` from ``data_dir``.
+    A comma-separated list of names is their :class:`MixtureTask`."""
+    if "," in name:
+        return MixtureTask([get_task(part.strip(), split=split, data_dir=data_dir) for part in name.split(",")])
     if name == "quadratic":
         return QuadraticTask()
     if name == "quadratic-ill":

@@ -19,12 +19,15 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..network import CoordinatewiseLSTM
 from .files import atomic_write, atomic_write_text
-from .tasks import Problem, Task, get_task
+from .tasks import Problem, RescaledProblem, Task, get_task
 from .unroll import unroll
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 VALIDATION_SEED = 10**9
+META_LOSSES = ("sum", "log")
+META_LR_SCHEDULES = ("constant", "cosine")
+INITIALISATIONS = ("default", "adam")
 
 
 @dataclass
@@ -38,11 +41,24 @@ class TrainConfig:
     unroll: int = 20
     """Truncation length; ``horizon / unroll`` meta-updates per iteration."""
     meta_lr: float = 1e-3
+    meta_lr_schedule: str = "constant"
+    """``"constant"`` or ``"cosine"``: ``meta_lr * (1 + cos(pi * i / iterations)) / 2`` at iteration ``i``."""
     meta_batch_size: int | None = None
     """Problems optimised side by side per iteration; ``None`` takes the task's default."""
     clip_grad_norm: float | None = None
     meta_loss_final: bool = False
     """Add ``f(theta_T)`` to each truncation's meta-loss, as the original implementation does."""
+    meta_loss: str = "sum"
+    """``"sum"``: the paper's sum of losses; ``"log"``: the sum of their logarithms (Wichrowska et al. 2017).
+    Validation reports the mean of the same quantity."""
+    init: str = "default"
+    """``"default"``: PyTorch's initialisation; ``"adam"``: :func:`initialise_as_adam_`."""
+    param_scale: float | None = None
+    """Random scaling (Lv et al. 2017): each training problem's coordinates rescaled by factors log-uniform in
+    ``[1/param_scale, param_scale]``, see :class:`RescaledProblem`."""
+    horizon_curriculum: list[int] = field(default_factory=list)
+    """Horizons for equal consecutive stages of the run (Chen et al. 2020), replacing ``horizon`` in training;
+    validation keeps ``horizon``."""
     seed: int = 0
     validate_every: int = 50
     validation_problems: int = 10
@@ -71,6 +87,17 @@ class TrainConfig:
             raise ValueError(f"meta_lr must be positive, got {self.meta_lr}")
         if self.meta_batch_size is not None and self.meta_batch_size < 1:
             raise ValueError(f"meta_batch_size must be at least 1, got {self.meta_batch_size}")
+        for horizon in self.horizon_curriculum:
+            if horizon < 1 or horizon % self.unroll:
+                raise ValueError(f"horizon_curriculum: {horizon} is not a positive multiple of unroll ({self.unroll})")
+        if self.meta_lr_schedule not in META_LR_SCHEDULES:
+            raise ValueError(f"meta_lr_schedule must be one of {META_LR_SCHEDULES}, got {self.meta_lr_schedule!r}")
+        if self.meta_loss not in META_LOSSES:
+            raise ValueError(f"meta_loss must be one of {META_LOSSES}, got {self.meta_loss!r}")
+        if self.init not in INITIALISATIONS:
+            raise ValueError(f"init must be one of {INITIALISATIONS}, got {self.init!r}")
+        if self.param_scale is not None and not self.param_scale >= 1:
+            raise ValueError(f"param_scale must be at least 1, got {self.param_scale}")
         if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
             raise ValueError(f"clip_grad_norm must be positive, got {self.clip_grad_norm}")
         if torch.device(self.device).type == "cuda" and not torch.cuda.is_available():
@@ -95,6 +122,7 @@ def meta_iteration(
     unroll_length: int,
     clip_grad_norm: float | None = None,
     include_final: bool = False,
+    log_losses: bool = False,
     average_across_processes: bool = False,
 ) -> float:
     """Optimise ``problem`` for ``horizon`` steps from its initial parameters and a zero LSTM state, with one
@@ -108,7 +136,9 @@ def meta_iteration(
     state = network.initial_state(params.numel(), device=params.device)
     losses = []
     for _ in range(horizon // unroll_length):
-        result = unroll(network, problem, params, state, unroll_length, include_final=include_final)
+        result = unroll(
+            network, problem, params, state, unroll_length, include_final=include_final, log_losses=log_losses
+        )
         meta_optimizer.zero_grad()
         (result.meta_loss / problem.num_problems).backward()
         if average_across_processes:
@@ -123,6 +153,26 @@ def meta_iteration(
     if average_across_processes:
         _all_reduce_mean([mean_loss])
     return mean_loss.item()
+
+
+def initialise_as_adam_(network: CoordinatewiseLSTM) -> CoordinatewiseLSTM:
+    """Set the read-out so that ``network`` starts as Adam with learning rate ``output_scale`` (``beta1 = 0.9``,
+    ``beta2 = second_moment_decay``, ``eps = 1e-8``): ``u_t = -output_scale * mhat_0.9 / (sqrt(vhat) + eps)``.
+
+    The read-out weight on the skip input ``m0.9`` becomes -1 and every other read-out weight and bias 0, so the
+    LSTM starts with no say and meta-training learns what to add to Adam.  Needs ``"adam_normalized"`` inputs with
+    momentum decay 0.9 and ``readout_skip``."""
+    if network.preprocessing != "adam_normalized" or 0.9 not in network.momentum_decays or not network.readout_skip:
+        raise ValueError(
+            "init='adam' needs a network with preprocessing='adam_normalized', 0.9 in momentum_decays and "
+            f"readout_skip=True; got config {network.config}"
+        )
+    offset = network.hidden_size if network.num_layers else 0
+    with torch.no_grad():
+        network.readout.weight.zero_()
+        network.readout.bias.zero_()
+        network.readout.weight[0, offset + network.input_names.index("m0.9")] = -1.0
+    return network
 
 
 def _all_reduce_mean(tensors: list[torch.Tensor]) -> None:
@@ -161,6 +211,8 @@ class MetaTrainer:
         torch.manual_seed(config.seed)
         self.device = torch.device(config.device)
         self.network = CoordinatewiseLSTM(**config.network).to(self.device)
+        if config.init == "adam":
+            initialise_as_adam_(self.network)
         self.meta_optimizer = torch.optim.Adam(self.network.parameters(), lr=config.meta_lr)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.iteration = 0
@@ -201,11 +253,16 @@ class MetaTrainer:
             "horizon",
             "unroll",
             "meta_lr",
+            "meta_lr_schedule",
             "seed",
             "network",
             "meta_batch_size",
             "clip_grad_norm",
             "meta_loss_final",
+            "meta_loss",
+            "init",
+            "param_scale",
+            "horizon_curriculum",
             "validate_every",
             "validation_problems",
         ):
@@ -232,31 +289,52 @@ class MetaTrainer:
         self.rows = [row for row in rows if row["iteration"] <= self.iteration]
 
     # -- one iteration -----------------------------------------------------------------------------------------
+    def horizon(self, iteration: int) -> int:
+        """The training horizon of (0-based) ``iteration``: the curriculum's stage, else ``config.horizon``."""
+        stages = self.config.horizon_curriculum
+        if not stages:
+            return self.config.horizon
+        return stages[min(iteration * len(stages) // self.config.iterations, len(stages) - 1)]
+
     def train_iteration(self) -> float:
         """Sample fresh problems and meta-train on them over one horizon; their mean loss."""
         k = self.meta_batch_size
         seeds = torch.randint(2**62, (self.world_size * k,), generator=self.generator).tolist()
         seeds = seeds[self.rank * k : (self.rank + 1) * k]
+        problem = self.task.problems(seeds)
+        if self.config.meta_lr_schedule == "cosine":
+            progress = self.iteration / self.config.iterations
+            for group in self.meta_optimizer.param_groups:
+                group["lr"] = self.config.meta_lr * (1 + math.cos(math.pi * progress)) / 2
+        if self.config.param_scale is not None:
+            log_range = math.log(self.config.param_scale)
+            n = problem.init_params().numel()
+            scales = torch.exp((2 * torch.rand(n, generator=self.generator) - 1) * log_range)
+            problem = RescaledProblem(problem, scales)
         return meta_iteration(
             self.network,
             self.meta_optimizer,
-            self.task.problems(seeds).to(self.device),
-            horizon=self.config.horizon,
+            problem.to(self.device),
+            horizon=self.horizon(self.iteration),
             unroll_length=self.config.unroll,
             clip_grad_norm=self.config.clip_grad_norm,
             include_final=self.config.meta_loss_final,
+            log_losses=self.config.meta_loss == "log",
             average_across_processes=self.world_size > 1,
         )
 
     def validate(self) -> float:
-        """Mean loss over the horizon on fixed held-out problems of the training distribution."""
+        """Mean loss (log loss with ``meta_loss="log"``) over the horizon on fixed held-out problems of the
+        training distribution."""
         from .evaluate import run_learned
 
         seeds = [VALIDATION_SEED + i for i in range(self.config.validation_problems)]
-        curves = [
-            run_learned(self.network, self.task.problem(seed).to(self.device), self.config.horizon) for seed in seeds
-        ]
-        metric = torch.stack(curves).mean().item()
+        curves = torch.stack(
+            [run_learned(self.network, self.task.problem(seed).to(self.device), self.config.horizon) for seed in seeds]
+        )
+        if self.config.meta_loss == "log":
+            curves = torch.log(curves.clamp_min(torch.finfo(curves.dtype).tiny))
+        metric = curves.mean().item()
         return metric if math.isfinite(metric) else math.inf
 
     # -- the run -----------------------------------------------------------------------------------------------
@@ -322,17 +400,22 @@ class MetaTrainer:
             "| --- | --- |",
             f"| task | `{c.task}` ({self.task.name}) |",
             f"| horizon (optimizee steps per problem) | {c.horizon} |",
+            f"| horizon curriculum (equal stages) | {c.horizon_curriculum or 'none'} |",
+            f"| network initialisation | {c.init} |",
+            f"| random parameter scaling (Lv et al. 2017) | {c.param_scale or 'none'} |",
             f"| unroll (truncation length) | {c.unroll} |",
-            f"| meta-optimizer | Adam, lr {c.meta_lr} |",
+            f"| meta-optimizer | Adam, lr {c.meta_lr}{' (cosine decay)' if c.meta_lr_schedule == 'cosine' else ''} |",
             f"| meta-gradient clipping | {c.clip_grad_norm if c.clip_grad_norm is not None else 'none'} |",
-            f"| meta-loss per truncation | f(theta_t) summed over t = 0..{'T' if c.meta_loss_final else 'T-1'} |",
+            f"| meta-loss per truncation | {'log ' if c.meta_loss == 'log' else ''}f(theta_t) summed over "
+            f"t = 0..{'T' if c.meta_loss_final else 'T-1'} |",
             f"| problems per iteration | {self.meta_batch_size} |",
             f"| iterations | {self.iteration} |",
             f"| seed | {c.seed} |",
             f"| device | {_device_name(self.device)} x {self.world_size} process(es) |",
             f"| wall time | {self.elapsed / 60:.1f} min |",
             f"| validation problems | {c.validation_problems} |",
-            f"| best validation loss (mean over the horizon) | {self.best_metric:.5g} |",
+            f"| best validation {'log ' if c.meta_loss == 'log' else ''}loss (mean over the horizon) | "
+            f"{self.best_metric:.5g} |",
             "",
         ]
         if c.command:

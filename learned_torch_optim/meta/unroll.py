@@ -10,6 +10,9 @@ Within one truncation of ``T`` steps, starting from ``theta_0`` and LSTM state `
     L(phi)           = sum_{t=0}^{T-1} f_t              # all weights w_t = 1 (paper eq. 3)
                      (+ f(theta_T) with include_final)
 
+With ``log_losses`` each ``f_t`` in ``L`` is replaced by ``log f_t`` (Wichrowska et al. 2017), which weighs every
+task and every stage of training alike whatever the loss's scale (the losses must be positive).
+
 ``g_t`` is taken with ``torch.autograd.grad`` w.r.t. ``theta_t`` alone, which walks only the graph of ``f_t``:
 the cost of the whole unroll, and of the single backward through ``L`` at its end, is linear in ``T``.
 """
@@ -45,6 +48,7 @@ def unroll(
     steps: int,
     *,
     include_final: bool = False,
+    log_losses: bool = False,
 ) -> UnrollResult:
     """Run ``steps`` optimizer steps of ``network`` on ``problem`` keeping the graph for the meta-gradient.
 
@@ -56,13 +60,17 @@ def unroll(
     state = state.detach()
     meta_loss = params.new_zeros(())
     losses = []
+
+    def term(loss: Tensor) -> Tensor:
+        return torch.log(loss.clamp_min(torch.finfo(loss.dtype).tiny)) if log_losses else loss
+
     for _ in range(steps):
         loss = problem.loss(params, problem.sample_batch())
         (grad,) = torch.autograd.grad(loss, params, retain_graph=True)
-        meta_loss = meta_loss + loss
+        meta_loss = meta_loss + term(loss)
         losses.append(loss.detach())
         update, state = network(grad, state)
         params = params + update
     if include_final:
-        meta_loss = meta_loss + problem.loss(params, problem.sample_batch())
+        meta_loss = meta_loss + term(problem.loss(params, problem.sample_batch()))
     return UnrollResult(meta_loss, params, state, torch.stack(losses))

@@ -1,0 +1,221 @@
+"""The options beyond the paper: richer per-coordinate inputs, magnitude-direction output, Adam initialisation, and
+the meta-training methods of later work (mixtures, random scaling, log meta-loss, horizon curriculum)."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from learned_torch_optim import CoordinatewiseLSTM, LearnedOptimizer
+from learned_torch_optim.meta.tasks import MixtureTask, QuadraticTask, RescaledProblem, get_task
+from learned_torch_optim.meta.trainer import MetaTrainer, TrainConfig, initialise_as_adam_
+
+RICH = dict(
+    hidden_size=8,
+    preprocessing="adam_normalized",
+    output_scale=1e-2,
+    momentum_decays=[0.5, 0.9, 0.99],
+    step_timescales=[10.0, 1000.0],
+    readout_skip=True,
+    output="direction_magnitude",
+    magnitude_scale=0.1,
+)
+
+
+def test_rich_inputs_are_the_documented_accumulators():
+    net = CoordinatewiseLSTM(**RICH)
+    assert net.input_names == ["g", "m0.5", "m0.9", "m0.99", "t10", "t1000"]
+    assert net.state_size == net.lstm_state_size + 3 + 1 + 1
+    grads = [torch.randn(5) for _ in range(4)]
+    accumulators = torch.zeros(5, net.accumulator_size)
+    m = {beta: torch.zeros(5) for beta in (0.5, 0.9, 0.99)}
+    v = torch.zeros(5)
+    for t, g in enumerate(grads, start=1):
+        x, accumulators = net.features(g, accumulators)
+        v = 0.999 * v + 0.001 * g * g
+        denom = (v / (1 - 0.999**t)).sqrt() + 1e-8
+        expected = [g / denom]
+        for beta in (0.5, 0.9, 0.99):
+            m[beta] = beta * m[beta] + (1 - beta) * g
+            expected.append(m[beta] / (1 - beta**t) / denom)
+        expected += [torch.full((5,), math.tanh(t / 10)), torch.full((5,), math.tanh(t / 1000))]
+        torch.testing.assert_close(x, torch.stack(expected, dim=1), rtol=1e-4, atol=1e-6)
+        assert torch.equal(accumulators[:, -1], torch.full((5,), float(t)))
+
+
+def test_log_sign_momentum_inputs_are_preprocessed_pairs():
+    net = CoordinatewiseLSTM(momentum_decays=[0.9])
+    assert net.input_names == ["g.log", "g.sign", "m0.9.log", "m0.9.sign"] and net.num_inputs == 4
+    g = torch.tensor([2.0, -1e-6])
+    x, _ = net.features(g)
+    expected = torch.tensor([[math.log(2.0) / 10, 1.0], [-1.0, math.exp(10) * -1e-6]])  # bias-corrected m = g at t=1
+    torch.testing.assert_close(x[:, 2:], expected)
+    torch.testing.assert_close(x[:, :2], expected)
+
+
+def test_paper_config_is_unchanged_and_extensions_round_trip(tmp_path):
+    assert CoordinatewiseLSTM().config == {
+        "hidden_size": 20,
+        "num_layers": 2,
+        "preprocessing": "log_sign",
+        "preprocessing_p": 10.0,
+        "output_scale": 0.1,
+    }
+    net = CoordinatewiseLSTM(**RICH)
+    net.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["momentum_decays"] == [0.5, 0.9, 0.99] and saved["output"] == "direction_magnitude"
+    loaded = CoordinatewiseLSTM.from_pretrained(tmp_path)
+    assert loaded.config == net.config
+    g, s = torch.randn(7), net.initial_state(7)
+    torch.testing.assert_close(loaded(g, s)[0], net(g, s)[0])
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"momentum_decays": [1.0]}, "momentum_decays"),
+        ({"second_moment_decay": -0.1}, "second_moment_decay"),
+        ({"step_timescales": [0.0]}, "step_timescales"),
+        ({"output": "tanh"}, "output"),
+        ({"preprocessing": "adam"}, "preprocessing"),
+    ],
+)
+def test_bad_extension_options_are_named(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        CoordinatewiseLSTM(**kwargs)
+
+
+def test_adam_initialisation_is_adam():
+    """init='adam' makes the learned optimizer take exactly torch.optim.Adam's steps (lr = output_scale)."""
+    net = initialise_as_adam_(CoordinatewiseLSTM(**RICH))
+    torch.manual_seed(0)
+    target = torch.randn(30)
+    ours = torch.zeros(30, requires_grad=True)
+    adams = torch.zeros(30, requires_grad=True)
+    learned = LearnedOptimizer([ours], weights=net)
+    adam = torch.optim.Adam([adams], lr=1e-2, eps=1e-8)
+    for _ in range(25):
+        for p, opt in ((ours, learned), (adams, adam)):
+            opt.zero_grad()
+            ((p - target) ** 2 * torch.linspace(0.1, 10, 30)).sum().backward()
+            opt.step()
+    torch.testing.assert_close(ours, adams, rtol=1e-5, atol=1e-6)
+
+
+def test_adam_initialisation_needs_its_inputs():
+    with pytest.raises(ValueError, match="adam_normalized"):
+        initialise_as_adam_(CoordinatewiseLSTM())
+
+
+def test_extended_networks_use_the_reference_step_and_checkpoint_exactly():
+    net = CoordinatewiseLSTM(**RICH)
+    assert not net.is_paper_rule and CoordinatewiseLSTM().is_paper_rule
+    with pytest.raises(ValueError, match="fused"):
+        LearnedOptimizer([torch.zeros(3, requires_grad=True)], weights=net, implementation="fused")
+
+    def run(steps, optimizer=None, param=None):
+        torch.manual_seed(1)
+        param = param if param is not None else torch.nn.Parameter(torch.randn(4, 5))
+        optimizer = optimizer or LearnedOptimizer([param], weights=net)
+        for _ in range(steps):
+            optimizer.zero_grad()
+            (param.sin().sum() + (param**2).sum()).backward()
+            optimizer.step()
+        return param, optimizer
+
+    straight, _ = run(6)
+    half, optimizer = run(3)
+    assert optimizer.state[half]["lstm_state"].shape == (4, 5, net.state_size)
+    reloaded = torch.nn.Parameter(half.detach().clone())
+    fresh = LearnedOptimizer([reloaded], weights=net)
+    fresh.load_state_dict(optimizer.state_dict())
+    torch.manual_seed(1)
+    for _ in range(3):
+        fresh.zero_grad()
+        (reloaded.sin().sum() + (reloaded**2).sum()).backward()
+        fresh.step()
+    assert torch.equal(reloaded, straight)
+
+
+def test_mixture_picks_a_family_per_seed():
+    mixture = get_task("quadratic,quadratic-ill")
+    assert isinstance(mixture, MixtureTask) and mixture.name == "quadratic,quadratic-ill"
+    families = {mixture.family(seed).name for seed in range(40)}
+    assert families == {"quadratic", "quadratic-ill"}
+    for seed in range(5):
+        a, b = mixture.problem(seed), mixture.family(seed).problem(seed)
+        assert torch.equal(a.init_params(), b.init_params())
+
+
+def test_rescaled_problem_is_the_problem_in_other_coordinates():
+    problem = QuadraticTask().problem(3)
+    scales = torch.logspace(-1, 1, 10)
+    rescaled = RescaledProblem(problem, scales)
+    phi = rescaled.init_params()
+    torch.testing.assert_close(phi * scales, problem.init_params())
+    assert torch.equal(rescaled.loss(phi, None), problem.loss(phi * scales, None))
+
+
+def quick(**overrides):
+    values = dict(
+        task="quadratic",
+        iterations=4,
+        horizon=10,
+        unroll=5,
+        meta_lr=1e-3,
+        meta_batch_size=2,
+        validate_every=2,
+        validation_problems=2,
+        checkpoint_every=1,
+        network=dict(RICH),
+        init="adam",
+        meta_loss="log",
+        param_scale=10.0,
+        horizon_curriculum=[5, 10],
+        meta_lr_schedule="cosine",
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_generalist_methods_train_and_resume_exactly(tmp_path, monkeypatch):
+    straight = MetaTrainer(quick(), tmp_path / "straight")
+    assert [straight.horizon(i) for i in range(4)] == [5, 5, 10, 10]
+    straight.train(progress=False)
+    assert all(math.isfinite(row["meta_loss"]) for row in straight.rows)
+
+    first = MetaTrainer(quick(iterations=4), tmp_path / "resumed")
+    original = MetaTrainer.train_iteration
+
+    def stop_at_3(self):
+        if self.iteration == 3:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(MetaTrainer, "train_iteration", stop_at_3)
+    with pytest.raises(KeyboardInterrupt):
+        first.train(progress=False)
+    monkeypatch.setattr(MetaTrainer, "train_iteration", original)
+    resumed = MetaTrainer(quick(), tmp_path / "resumed")
+    resumed.train(resume=True, progress=False)
+    for name, tensor in straight.network.state_dict().items():
+        assert torch.equal(tensor, resumed.network.state_dict()[name]), name
+    card = (tmp_path / "straight" / "README.md").read_text()
+    assert "Lv et al. 2017" in card and "cosine" in card and "[5, 10]" in card
+
+
+@pytest.mark.parametrize(
+    "overrides, name",
+    [
+        ({"horizon_curriculum": [7]}, "horizon_curriculum"),
+        ({"meta_loss": "mean"}, "meta_loss"),
+        ({"init": "zeros"}, "init"),
+        ({"param_scale": 0.5}, "param_scale"),
+        ({"meta_lr_schedule": "step"}, "meta_lr_schedule"),
+    ],
+)
+def test_bad_generalist_settings_are_named(overrides, name):
+    with pytest.raises(ValueError, match=name):
+        quick(**overrides)
