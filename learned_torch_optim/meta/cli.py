@@ -82,9 +82,10 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--init",
-        choices=["default", "adam"],
+        choices=["default", "forget_bias", "adam"],
         default="default",
-        help="'adam': start as Adam (lr = --output-scale); needs adam_normalized inputs, momentum 0.9, --readout-skip",
+        help="'forget_bias': +1 on the forget gates' biases (as the original code's LSTM); 'adam': start as Adam "
+        "(lr = --output-scale; needs adam_normalized inputs, momentum 0.9, --readout-skip)",
     )
     p.add_argument("--validate-every", type=int, default=50, help="iterations between validations")
     p.add_argument("--validation-problems", type=int, default=10)

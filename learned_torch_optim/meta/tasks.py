@@ -8,6 +8,7 @@ and minibatches.  :class:`ModuleTask` builds a task from any ``nn.Module`` facto
 
 from __future__ import annotations
 
+import functools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -396,6 +397,27 @@ class CharRNN(nn.Module):
         return self.readout(outputs)
 
 
+class CharAttention(nn.Module):
+    """A character-level language model: embedding plus learned positions, one causal pre-norm transformer block
+    (multi-head self-attention and an MLP), a linear readout to the vocabulary."""
+
+    def __init__(self, vocabulary_size: int, length: int, width: int = 32, heads: int = 2) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocabulary_size, width)
+        self.position = nn.Parameter(torch.randn(length, width) * 0.02)
+        self.block = nn.TransformerEncoderLayer(
+            width, heads, dim_feedforward=2 * width, dropout=0.0, batch_first=True, norm_first=True
+        )
+        self.readout = nn.Linear(width, vocabulary_size)
+        self.register_buffer("causal", nn.Transformer.generate_square_subsequent_mask(length), persistent=False)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """Logits of shape ``(batch, length, vocabulary)`` for the next character at each position."""
+        length = tokens.shape[1]
+        hidden = self.embed(tokens) + self.position[:length]
+        return self.readout(self.block(hidden, src_mask=self.causal[:length, :length], is_causal=True))
+
+
 def _sequence_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
@@ -407,11 +429,13 @@ def char_rnn_task(
     batch_size: int = 32,
     hidden: int = 64,
     embedding: int = 16,
+    architecture: str = "gru",
     split: str = "train",
     data_dir: str | None = None,
 ) -> ModuleTask:
-    """A tiny GRU language model on tiny-shakespeare characters (first 90% train, last 10% test): minibatches of
-    ``batch_size`` random windows of ``sequence_length`` characters, next-character cross-entropy."""
+    """A tiny language model on tiny-shakespeare characters (first 90% train, last 10% test): minibatches of
+    ``batch_size`` random windows of ``sequence_length`` characters, next-character cross-entropy.  ``architecture``
+    ``"gru"``: :class:`CharRNN`; ``"attention"``: :class:`CharAttention` of width ``hidden``."""
     tokens, vocabulary = load_text(split, data_dir)
     if len(tokens) <= sequence_length:
         raise ValueError(f"the {split} text has {len(tokens)} characters, fewer than a window of {sequence_length + 1}")
@@ -422,11 +446,18 @@ def char_rnn_task(
         windows = tokens[starts + offsets]
         return windows[:, :-1], windows[:, 1:]
 
+    if architecture == "gru":
+
+        def build() -> nn.Module:
+            return CharRNN(len(vocabulary), embedding, hidden)
+    elif architecture == "attention":
+
+        def build() -> nn.Module:
+            return CharAttention(len(vocabulary), sequence_length, width=hidden)
+    else:
+        raise ValueError(f"architecture must be 'gru' or 'attention', got {architecture!r}")
     return ModuleTask(
-        name,
-        lambda generator: _seeded_default_init(lambda: CharRNN(len(vocabulary), embedding, hidden), generator),
-        _sequence_cross_entropy,
-        batch_sampler,
+        name, lambda generator: _seeded_default_init(build, generator), _sequence_cross_entropy, batch_sampler
     )
 
 
@@ -502,6 +533,7 @@ _OTHER_DATA_TASKS: dict[str, tuple[Callable[..., ModuleTask], str]] = {
     "cifar-conv": (cifar_conv_task, "cifar10-subset"),
     "mnist1d-mlp": (mnist1d_mlp_task, "mnist1d"),
     "char-rnn": (char_rnn_task, "tinyshakespeare"),
+    "char-attention": (functools.partial(char_rnn_task, architecture="attention", hidden=32), "tinyshakespeare"),
 }
 """Other built-in dataset tasks: ``(builder, dataset)``."""
 
@@ -520,6 +552,7 @@ TASK_DESCRIPTIONS = {
     "cifar-conv": "CIFAR-10 subset (4,000 images) conv net: 3x3 stride-2 convs of 16 and 32 channels, linear; batch 64",
     "mnist1d-mlp": "MNIST-1D MLP, two hidden layers of 100 ReLU units, default init, batch 128",
     "char-rnn": "tiny-shakespeare character GRU LM: embedding 16, hidden 64, windows of 32 chars, batch 32",
+    "char-attention": "tiny-shakespeare character LM: one causal transformer block of width 32, 2 heads, batch 32",
     "quadratic-ill": "20-d quadratics 1/2 (x-c)^T A (x-c), condition number log-uniform in [10, 1e4], random basis",
 }
 

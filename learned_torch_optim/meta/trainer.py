@@ -27,7 +27,7 @@ METRICS = "metrics.jsonl"
 VALIDATION_SEED = 10**9
 META_LOSSES = ("sum", "log")
 META_LR_SCHEDULES = ("constant", "cosine")
-INITIALISATIONS = ("default", "adam")
+INITIALISATIONS = ("default", "forget_bias", "adam")
 
 
 @dataclass
@@ -52,7 +52,8 @@ class TrainConfig:
     """``"sum"``: the paper's sum of losses; ``"log"``: the sum of their logarithms (Wichrowska et al. 2017).
     Validation reports the mean of the same quantity."""
     init: str = "default"
-    """``"default"``: PyTorch's initialisation; ``"adam"``: :func:`initialise_as_adam_`."""
+    """``"default"``: PyTorch's initialisation; ``"forget_bias"``: plus 1 on every forget-gate bias (the LSTM of the
+    original implementation, Sonnet's, starts so); ``"adam"``: :func:`initialise_as_adam_`."""
     param_scale: float | None = None
     """Random scaling (Lv et al. 2017): each training problem's coordinates rescaled by factors log-uniform in
     ``[1/param_scale, param_scale]``, see :class:`RescaledProblem`."""
@@ -213,6 +214,10 @@ class MetaTrainer:
         self.network = CoordinatewiseLSTM(**config.network).to(self.device)
         if config.init == "adam":
             initialise_as_adam_(self.network)
+        elif config.init == "forget_bias":
+            with torch.no_grad():
+                for cell in self.network.cells:
+                    cell.bias_ih[cell.hidden_size : 2 * cell.hidden_size] += 1.0
         self.meta_optimizer = torch.optim.Adam(self.network.parameters(), lr=config.meta_lr)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.iteration = 0
