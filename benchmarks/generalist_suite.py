@@ -173,9 +173,9 @@ def aggregate(runs: list[dict[str, Any]], weights_labels: Sequence[str]) -> dict
                 continue
             c, tuned, default = t["configs"][label], t["configs"][t["tuned_adam"]], t["configs"][t["adam_1e-3"]]
             per_task[task] = {
-                "beats_tuned_adam": c["mean_loss"] < tuned["mean_loss"],
-                "beats_adam_1e-3": c["mean_loss"] < default["mean_loss"],
-                "final_beats_tuned_adam": c["final_loss"] < tuned["final_loss"],
+                "beats_tuned_adam": not c["diverged"] and c["mean_loss"] < tuned["mean_loss"],
+                "beats_adam_1e-3": not c["diverged"] and c["mean_loss"] < default["mean_loss"],
+                "final_beats_tuned_adam": not c["diverged"] and c["final_loss"] < tuned["final_loss"],
                 "diverged": c["diverged"],
             }
         n = len(per_task)
@@ -205,6 +205,19 @@ def markdown(summary: dict[str, Any], weights_labels: Sequence[str]) -> str:
                 f"| {task} | {t['steps']} | {title}{flag} | {c['mean_loss']:.4g} | {c['final_loss']:.4g} | "
                 f"{c['step_ms']:.2f} |"
             )
+    long_tasks = [(task, t) for task, t in summary["tasks"].items() if t["steps"] >= 10000]
+    for task, t in long_tasks:
+        lines += ["", f"{task}, mean loss per tenth of the {t['steps']} steps (does it keep lowering the loss?):", ""]
+        lines += ["| optimizer | " + " | ".join(str(k + 1) for k in range(10)) + " | keeps lowering |"]
+        lines += ["| --- |" + " ---: |" * 10 + " --- |"]
+        for title, name in [("tuned Adam", t["tuned_adam"]), ("Adam 1e-3", t["adam_1e-3"])] + [
+            (label, label) for label in weights_labels if label in t["configs"]
+        ]:
+            tenths = [statistics.fmean(part) for part in _tenths(t["configs"][name]["curve"])]
+            lowering = all(b < a for a, b in zip(tenths, tenths[1:]))
+            lines.append(
+                f"| {title} | " + " | ".join(f"{v:.3g}" for v in tenths) + f" | {'yes' if lowering else 'no'} |"
+            )
     lines += ["", "| weights | beats tuned Adam | beats Adam 1e-3 | final loss beats tuned Adam | diverged on |"]
     lines += ["| --- | ---: | ---: | ---: | --- |"]
     for label, v in summary["verdicts"].items():
@@ -213,6 +226,11 @@ def markdown(summary: dict[str, Any], weights_labels: Sequence[str]) -> str:
             f"{v['final_beats_tuned_adam']:.0%} | {', '.join(v['diverged_tasks']) or 'none'} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _tenths(curve: Sequence[float]) -> list[Sequence[float]]:
+    size = len(curve) / 10
+    return [curve[round(k * size) : round((k + 1) * size)] for k in range(10)]
 
 
 def plot(summary: dict[str, Any], weights_labels: Sequence[str], path: Path) -> None:

@@ -163,6 +163,7 @@ class CoordinatewiseLSTM(
         )
         readout_inputs = (hidden_size if num_layers else 0) + (self.num_inputs if readout_skip or not num_layers else 0)
         self.readout = nn.Linear(readout_inputs, 2 if output == "direction_magnitude" else 1)
+        self._hub_mixin_config = self.config  # what save_pretrained writes to config.json
 
     @property
     def config(self) -> dict[str, Any]:

@@ -154,6 +154,11 @@ class LearnedOptimizer(Optimizer):
                 f"implementation={implementation!r} supports only networks of the paper's form; weights "
                 f"{weights!r} have config {self.network.config} (use 'auto' or 'reference')"
             )
+        if state_dtype != torch.float32 and self.network.accumulator_size:
+            raise ValueError(
+                f"state_dtype={state_dtype} would round the gradient accumulators (momenta, second moment, step "
+                f"count) of weights {weights!r} (config {self.network.config}); they need torch.float32"
+            )
         self.implementation = implementation
         self.state_dtype = state_dtype
         self._warned_non_finite = False

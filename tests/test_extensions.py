@@ -219,3 +219,29 @@ def test_generalist_methods_train_and_resume_exactly(tmp_path, monkeypatch):
 def test_bad_generalist_settings_are_named(overrides, name):
     with pytest.raises(ValueError, match=name):
         quick(**overrides)
+
+
+def test_accumulators_need_fp32_state():
+    with pytest.raises(ValueError, match="state_dtype"):
+        LearnedOptimizer(
+            [torch.zeros(2, requires_grad=True)], weights=CoordinatewiseLSTM(**RICH), state_dtype=torch.bfloat16
+        )
+
+
+def test_paper_form_config_json_has_only_the_paper_keys(tmp_path):
+    CoordinatewiseLSTM().save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert set(saved) == {"hidden_size", "num_layers", "preprocessing", "preprocessing_p", "output_scale"}
+
+
+def test_resume_accepts_the_same_network_spelled_out_and_refuses_new_iterations_under_a_schedule(tmp_path):
+    paper_form = {"preprocessing": "identity", "output_scale": 1.0, "hidden_size": 8}
+    plain = dict(network=paper_form, init="default", meta_loss="sum", param_scale=None, horizon_curriculum=[])
+    MetaTrainer(quick(iterations=1, meta_lr_schedule="constant", **plain), tmp_path / "a").train(progress=False)
+    spelled_out = dict(plain, network={**paper_form, "momentum_decays": [], "output": "additive"})
+    MetaTrainer(quick(iterations=2, meta_lr_schedule="constant", **spelled_out), tmp_path / "a").train(
+        resume=True, progress=False
+    )
+    MetaTrainer(quick(iterations=1, **plain), tmp_path / "b").train(progress=False)
+    with pytest.raises(ValueError, match="iterations"):
+        MetaTrainer(quick(iterations=2, **plain), tmp_path / "b").train(resume=True, progress=False)

@@ -49,8 +49,9 @@ class TrainConfig:
     meta_loss_final: bool = False
     """Add ``f(theta_T)`` to each truncation's meta-loss, as the original implementation does."""
     meta_loss: str = "sum"
-    """``"sum"``: the paper's sum of losses; ``"log"``: the sum of their logarithms (Wichrowska et al. 2017).
-    Validation reports the mean of the same quantity."""
+    """``"sum"``: the paper's sum of losses; ``"log"``: the sum of their logarithms (Wichrowska et al. 2017), where
+    each step's loss is that of the iteration's problems together (their sum when ``meta_batch_size > 1``).
+    Validation reports the mean loss, or with ``"log"`` the mean log loss, of single problems."""
     init: str = "default"
     """``"default"``: PyTorch's initialisation; ``"forget_bias"``: plus 1 on every forget-gate bias (the LSTM of the
     original implementation, Sonnet's, starts so); ``"adam"``: :func:`initialise_as_adam_`."""
@@ -209,6 +210,11 @@ class MetaTrainer:
         distributed = dist.is_available() and dist.is_initialized()
         self.rank = dist.get_rank() if distributed else 0
         self.world_size = dist.get_world_size() if distributed else 1
+        if config.param_scale is not None and self.world_size > 1:
+            raise ValueError(
+                "param_scale is not supported in distributed meta-training: every process would draw the scales from "
+                "the shared generator"
+            )
         torch.manual_seed(config.seed)
         self.device = torch.device(config.device)
         self.network = CoordinatewiseLSTM(**config.network).to(self.device)
@@ -271,11 +277,23 @@ class MetaTrainer:
             "validate_every",
             "validation_problems",
         ):
-            if getattr(saved, name) != getattr(self.config, name):
+            if name == "network":
+                differs = CoordinatewiseLSTM(**saved.network).config != CoordinatewiseLSTM(**self.config.network).config
+            else:
+                differs = getattr(saved, name) != getattr(self.config, name)
+            if differs:
                 raise ValueError(
                     f"--resume: {name}={getattr(self.config, name)!r} differs from the checkpoint's "
                     f"{getattr(saved, name)!r} in {self.out_dir / CHECKPOINT}"
                 )
+        if saved.iterations != self.config.iterations and (
+            self.config.meta_lr_schedule != "constant" or self.config.horizon_curriculum
+        ):
+            raise ValueError(
+                f"--resume: iterations={self.config.iterations} differs from the checkpoint's {saved.iterations} in "
+                f"{self.out_dir / CHECKPOINT}; the cosine schedule and the curriculum are laid out over the run's "
+                "iterations, so they cannot change"
+            )
         if checkpoint["world_size"] != self.world_size:
             raise ValueError(
                 f"--resume: {self.world_size} process(es), but {self.out_dir / CHECKPOINT} was written by a run of "
