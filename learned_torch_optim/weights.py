@@ -31,7 +31,7 @@ except ImportError:  # huggingface_hub < 1.0 names the hub's 404-for-a-file erro
 
 from .network import CoordinatewiseLSTM
 
-DEFAULT_WEIGHTS = "l2l-paper-mnist"
+DEFAULT_WEIGHTS = "l2l-general"
 CHECKSUMS_FILE = "SHA256SUMS"
 _HEX40 = re.compile(r"[0-9a-f]{40}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -237,7 +237,7 @@ def load_weights(
 
     Args:
         weights: a network instance, a local ``save_pretrained`` directory, a packaged name (see
-            :func:`list_pretrained`; ``"default"`` is ``"l2l-paper-mnist"``), or a hub repo id ``org/name``.
+            :func:`list_pretrained`; ``"default"`` is ``"l2l-general"``), or a hub repo id ``org/name``.
         revision: branch, tag or commit of a hub repo; only meaningful for repo ids.
 
     The returned network carries ``weights_identity``, a :class:`WeightsIdentity`; for a hub repo its ``revision``

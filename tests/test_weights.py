@@ -7,17 +7,18 @@ import torch
 
 from learned_torch_optim import CoordinatewiseLSTM, LearnedOptimizer, WeightsError, list_pretrained, load_weights
 from learned_torch_optim import weights as weights_module
+from learned_torch_optim.weights import DEFAULT_WEIGHTS
 
 
 @pytest.fixture
 def packaged(tmp_path, monkeypatch):
-    """A packaged-weights folder holding one set, 'l2l-paper-mnist', with its SHA256SUMS."""
+    """A packaged-weights folder holding one set, the default's name, with its SHA256SUMS."""
     torch.manual_seed(0)
-    folder = tmp_path / "l2l-paper-mnist"
+    folder = tmp_path / DEFAULT_WEIGHTS
     CoordinatewiseLSTM().save_pretrained(folder)
     (folder / "DESCRIPTION").write_text("a test weight set\n")
     sums = "".join(
-        f"{hashlib.sha256((folder / name).read_bytes()).hexdigest()}  l2l-paper-mnist/{name}\n"
+        f"{hashlib.sha256((folder / name).read_bytes()).hexdigest()}  {DEFAULT_WEIGHTS}/{name}\n"
         for name in ("config.json", "model.safetensors")
     )
     (tmp_path / "SHA256SUMS").write_text(sums)
@@ -26,9 +27,9 @@ def packaged(tmp_path, monkeypatch):
 
 
 def test_list_and_default_resolve_to_packaged_set(packaged):
-    assert list_pretrained() == {"l2l-paper-mnist": "a test weight set"}
+    assert list_pretrained() == {DEFAULT_WEIGHTS: "a test weight set"}
     network = load_weights("default")
-    assert network.weights_identity.source == "l2l-paper-mnist"
+    assert network.weights_identity.source == DEFAULT_WEIGHTS
     assert network.weights_identity.sha256 == load_weights(packaged).weights_identity.sha256
     LearnedOptimizer([torch.nn.Parameter(torch.ones(2))])
 
@@ -37,12 +38,12 @@ def test_corrupt_packaged_file_fails_its_checksum(packaged):
     data = bytearray((packaged / "model.safetensors").read_bytes())
     data[-1] ^= 0xFF
     (packaged / "model.safetensors").write_bytes(bytes(data))
-    with pytest.raises(WeightsError, match="l2l-paper-mnist.*sha256"):
-        load_weights("l2l-paper-mnist")
+    with pytest.raises(WeightsError, match=f"{DEFAULT_WEIGHTS}.*sha256"):
+        load_weights(DEFAULT_WEIGHTS)
 
 
 def test_unknown_name_lists_what_exists(packaged):
-    with pytest.raises(WeightsError, match="no-such.*l2l-paper-mnist"):
+    with pytest.raises(WeightsError, match=f"no-such.*{DEFAULT_WEIGHTS}"):
         load_weights("no-such")
 
 
@@ -88,4 +89,4 @@ def test_packaged_weights_resolve_in_the_installed_layout(tmp_path):
         [sys.executable, "-c", code], env={"PYTHONPATH": str(site)}, cwd=tmp_path, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "l2l-paper-mnist"
+    assert result.stdout.strip() == DEFAULT_WEIGHTS
