@@ -29,6 +29,7 @@ This module is the single definition of the rule: :class:`learned_torch_optim.Le
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -71,16 +72,6 @@ def preprocess_log_sign(grad: Tensor, p: float) -> Tensor:
     log_part = torch.where(large, torch.log(magnitude.clamp_min(math.exp(-p))) / p, -1.0)
     sign_part = torch.where(large, torch.sign(grad), math.exp(p) * grad)
     return torch.stack((log_part, sign_part), dim=-1)
-
-
-_EXTENSION_DEFAULTS: dict[str, Any] = {
-    "momentum_decays": [],
-    "second_moment_decay": 0.999,
-    "step_timescales": [],
-    "readout_skip": False,
-    "output": "additive",
-    "magnitude_scale": 1.0,
-}
 
 
 class CoordinatewiseLSTM(
@@ -184,8 +175,10 @@ class CoordinatewiseLSTM(
             "output": self.output,
             "magnitude_scale": self.magnitude_scale,
         }
+        defaults = inspect.signature(CoordinatewiseLSTM.__init__).parameters
         for name, value in extensions.items():
-            if value != _EXTENSION_DEFAULTS[name]:
+            default = defaults[name].default
+            if value != (list(default) if isinstance(default, tuple) else default):
                 config[name] = value
         return config
 

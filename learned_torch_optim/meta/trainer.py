@@ -20,7 +20,7 @@ from .. import __version__
 from ..network import CoordinatewiseLSTM
 from .files import atomic_write, atomic_write_text
 from .tasks import Problem, RescaledProblem, Task, get_task
-from .unroll import unroll
+from .unroll import log_loss, unroll
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -356,7 +356,7 @@ class MetaTrainer:
             [run_learned(self.network, self.task.problem(seed).to(self.device), self.config.horizon) for seed in seeds]
         )
         if self.config.meta_loss == "log":
-            curves = torch.log(curves.clamp_min(torch.finfo(curves.dtype).tiny))
+            curves = log_loss(curves)
         metric = curves.mean().item()
         return metric if math.isfinite(metric) else math.inf
 

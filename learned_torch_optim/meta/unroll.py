@@ -40,6 +40,11 @@ class UnrollResult:
     """``f_t`` per step, detached (summed over the independent problems)."""
 
 
+def log_loss(loss: Tensor) -> Tensor:
+    """``log f`` of the log meta-loss, with ``f`` clamped to the smallest positive normal number."""
+    return torch.log(loss.clamp_min(torch.finfo(loss.dtype).tiny))
+
+
 def unroll(
     network: CoordinatewiseLSTM,
     problem: Problem,
@@ -62,7 +67,7 @@ def unroll(
     losses = []
 
     def term(loss: Tensor) -> Tensor:
-        return torch.log(loss.clamp_min(torch.finfo(loss.dtype).tiny)) if log_losses else loss
+        return log_loss(loss) if log_losses else loss
 
     for _ in range(steps):
         loss = problem.loss(params, problem.sample_batch())
