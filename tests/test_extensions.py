@@ -1,6 +1,7 @@
 """The options beyond the paper: richer per-coordinate inputs, magnitude-direction output, Adam initialisation, and
 the meta-training methods of later work (mixtures, random scaling, log meta-loss, horizon curriculum)."""
 
+import importlib
 import json
 import math
 
@@ -245,3 +246,40 @@ def test_resume_accepts_the_same_network_spelled_out_and_refuses_new_iterations_
     MetaTrainer(quick(iterations=1, **plain), tmp_path / "b").train(progress=False)
     with pytest.raises(ValueError, match="iterations"):
         MetaTrainer(quick(iterations=2, **plain), tmp_path / "b").train(resume=True, progress=False)
+
+
+def test_fine_tuning_starts_from_the_given_weights_and_validates_at_its_own_horizon(tmp_path, monkeypatch):
+    MetaTrainer(quick(iterations=2), tmp_path / "first").train(progress=False)
+    start = CoordinatewiseLSTM.from_pretrained(tmp_path / "first")
+    tuned = MetaTrainer(
+        quick(iterations=2, init="default", network={}, init_weights=str(tmp_path / "first"), validation_horizon=7),
+        tmp_path / "tuned",
+    )
+    for name, tensor in start.state_dict().items():
+        assert torch.equal(tensor, tuned.network.state_dict()[name]), name
+    assert tuned.config.network == start.config
+    steps = []
+    evaluate = importlib.import_module("learned_torch_optim.meta.evaluate")
+    original = evaluate.run_learned
+    monkeypatch.setattr(evaluate, "run_learned", lambda net, problem, n: steps.append(n) or original(net, problem, n))
+    assert tuned.validate() < math.inf
+    assert steps == [7, 7]
+    tuned.train(progress=False)
+    card = (tmp_path / "tuned" / "README.md").read_text()
+    assert f"from weights `{tmp_path / 'first'}`" in card and "2, 7 steps each" in card
+    resumed = MetaTrainer(
+        quick(iterations=2, init="default", network={}, init_weights=str(tmp_path / "first"), validation_horizon=7),
+        tmp_path / "tuned",
+    )
+    resumed.train(resume=True, progress=False)
+    assert resumed.iteration == 2 and resumed.config == tuned.config
+
+
+def test_fine_tuning_refuses_a_second_start_or_another_network(tmp_path):
+    MetaTrainer(quick(iterations=1), tmp_path / "first").train(progress=False)
+    with pytest.raises(ValueError, match="init_weights"):
+        quick(init="adam", init_weights=str(tmp_path / "first"))
+    with pytest.raises(ValueError, match="init_weights"):
+        MetaTrainer(quick(init="default", network={"hidden_size": 3}, init_weights=str(tmp_path / "first")), tmp_path)
+    with pytest.raises(ValueError, match="validation_horizon"):
+        quick(validation_horizon=0)

@@ -242,6 +242,14 @@ def test_cli_train_writes_weights_the_optimizer_loads(tmp_path, capsys):
     LearnedOptimizer([param], weights=str(out)).step()
     assert "weights written to" in capsys.readouterr().out
 
+    tune = ["train", "--task", "quadratic", "--out", str(tmp_path / "tuned"), "--iterations", "1", "--horizon", "20"]
+    tune += ["--unroll", "10", "--meta-batch-size", "2", "--validation-problems", "1", "--no-progress"]
+    with pytest.raises(SystemExit, match="drop --preprocessing, --output-scale"):
+        cli_main([*tune, "--init-from", str(out), "--preprocessing", "identity", "--output-scale", "1.0"])
+    assert cli_main([*tune, "--init-from", str(out), "--validation-horizon", "30"]) == 0
+    tuned_card = (tmp_path / "tuned" / "README.md").read_text()
+    assert f"from weights `{out}`" in tuned_card and "1, 30 steps each" in tuned_card
+
 
 def test_cli_list_and_bad_arguments(capsys):
     assert cli_main(["list"]) == 0

@@ -23,6 +23,22 @@ def _task_names(text: str) -> str:
     return ",".join(names)
 
 
+NETWORK_FLAGS = (
+    "hidden_size",
+    "num_layers",
+    "preprocessing",
+    "preprocessing_p",
+    "output_scale",
+    "momentum_decays",
+    "second_moment_decay",
+    "step_timescales",
+    "readout_skip",
+    "output",
+    "magnitude_scale",
+)
+"""The ``train`` flags that make up ``TrainConfig.network`` (``CoordinatewiseLSTM`` arguments)."""
+
+
 def _add_train(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train",
@@ -72,7 +88,7 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         nargs="+",
         default=[],
         metavar="H",
-        help="training horizons for equal consecutive stages of the run (Chen et al. 2020); validation keeps --horizon",
+        help="training horizons for equal consecutive stages of the run (Chen et al. 2020)",
     )
     p.add_argument(
         "--param-scale",
@@ -87,8 +103,18 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         help="'forget_bias': +1 on the forget gates' biases (as the original code's LSTM); 'adam': start as Adam "
         "(lr = --output-scale; needs adam_normalized inputs, momentum 0.9, --readout-skip)",
     )
+    p.add_argument(
+        "--init-from",
+        default=None,
+        metavar="WEIGHTS",
+        help="start from these weights (packaged name, directory or hub repo id) and keep their network config; "
+        "the network flags below must then be left at their defaults",
+    )
     p.add_argument("--validate-every", type=int, default=50, help="iterations between validations")
     p.add_argument("--validation-problems", type=int, default=10)
+    p.add_argument(
+        "--validation-horizon", type=int, default=None, help="optimizee steps per validation problem (--horizon)"
+    )
     p.add_argument("--checkpoint-every", type=int, default=10, help="iterations between checkpoints")
     p.add_argument("--hidden-size", type=int, default=20)
     p.add_argument("--num-layers", type=int, default=2)
@@ -103,6 +129,7 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--magnitude-scale", type=float, default=1.0, help="of the direction_magnitude output")
     p.add_argument("--device", default="cpu", help="torch device for the network and the problems, e.g. cuda")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(network_defaults={name: p.get_default(name) for name in NETWORK_FLAGS})
 
 
 def _init_distributed(device: str) -> str:
@@ -125,6 +152,13 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .trainer import MetaTrainer, TrainConfig
 
     device = _init_distributed(args.device)
+    network = {name: getattr(args, name) for name in NETWORK_FLAGS}
+    if args.init_from is not None:
+        changed = [name for name in NETWORK_FLAGS if network[name] != args.network_defaults[name]]
+        if changed:
+            flags = ", ".join("--" + name.replace("_", "-") for name in changed)
+            raise SystemExit(f"--init-from {args.init_from}: the network comes from those weights; drop {flags}")
+        network = {}
 
     config = TrainConfig(
         task=args.task,
@@ -138,27 +172,17 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         meta_loss_final=args.meta_loss_final,
         meta_loss=args.meta_loss,
         init=args.init,
+        init_weights=args.init_from,
         param_scale=args.param_scale,
         horizon_curriculum=args.horizon_curriculum,
         seed=args.seed,
         validate_every=args.validate_every,
         validation_problems=args.validation_problems,
+        validation_horizon=args.validation_horizon,
         checkpoint_every=args.checkpoint_every,
         data_dir=args.data_dir,
         device=device,
-        network={
-            "hidden_size": args.hidden_size,
-            "num_layers": args.num_layers,
-            "preprocessing": args.preprocessing,
-            "preprocessing_p": args.preprocessing_p,
-            "output_scale": args.output_scale,
-            "momentum_decays": args.momentum_decays,
-            "second_moment_decay": args.second_moment_decay,
-            "step_timescales": args.step_timescales,
-            "readout_skip": args.readout_skip,
-            "output": args.output,
-            "magnitude_scale": args.magnitude_scale,
-        },
+        network=network,
         command="learned-torch-optim " + " ".join(shlex.quote(a) for a in argv if a != "--resume"),
     )
     trainer = MetaTrainer(config, args.out)

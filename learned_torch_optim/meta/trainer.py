@@ -8,7 +8,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..network import CoordinatewiseLSTM
+from ..weights import load_weights
 from .files import atomic_write, atomic_write_text
 from .tasks import Problem, RescaledProblem, Task, get_task
 from .unroll import log_loss, unroll
@@ -55,15 +56,19 @@ class TrainConfig:
     init: str = "default"
     """``"default"``: PyTorch's initialisation; ``"forget_bias"``: plus 1 on every forget-gate bias (the LSTM of the
     original implementation, Sonnet's, starts so); ``"adam"``: :func:`initialise_as_adam_`."""
+    init_weights: str | None = None
+    """Start from these weights instead (a packaged name, a directory or a hub repo id, as ``LearnedOptimizer``
+    takes them) and keep their network config: fine-tuning, e.g. on longer horizons."""
     param_scale: float | None = None
     """Random scaling (Lv et al. 2017): each training problem's coordinates rescaled by factors log-uniform in
     ``[1/param_scale, param_scale]``, see :class:`RescaledProblem`."""
     horizon_curriculum: list[int] = field(default_factory=list)
-    """Horizons for equal consecutive stages of the run (Chen et al. 2020), replacing ``horizon`` in training;
-    validation keeps ``horizon``."""
+    """Horizons for equal consecutive stages of the run (Chen et al. 2020), replacing ``horizon`` in training."""
     seed: int = 0
     validate_every: int = 50
     validation_problems: int = 10
+    validation_horizon: int | None = None
+    """Optimizee steps of each validation problem; ``None`` takes ``horizon``."""
     checkpoint_every: int = 10
     data_dir: str | None = None
     device: str = "cpu"
@@ -98,6 +103,10 @@ class TrainConfig:
             raise ValueError(f"meta_loss must be one of {META_LOSSES}, got {self.meta_loss!r}")
         if self.init not in INITIALISATIONS:
             raise ValueError(f"init must be one of {INITIALISATIONS}, got {self.init!r}")
+        if self.init_weights is not None and self.init != "default":
+            raise ValueError(f"init={self.init!r} and init_weights={self.init_weights!r}: choose one way to start")
+        if self.validation_horizon is not None and self.validation_horizon < 1:
+            raise ValueError(f"validation_horizon must be at least 1, got {self.validation_horizon}")
         if self.param_scale is not None and not self.param_scale >= 1:
             raise ValueError(f"param_scale must be at least 1, got {self.param_scale}")
         if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
@@ -217,7 +226,19 @@ class MetaTrainer:
             )
         torch.manual_seed(config.seed)
         self.device = torch.device(config.device)
-        self.network = CoordinatewiseLSTM(**config.network).to(self.device)
+        self.init_identity = None
+        if config.init_weights is not None:
+            start = load_weights(config.init_weights)
+            self.init_identity = start.weights_identity
+            if config.network and CoordinatewiseLSTM(**config.network).config != start.config:
+                raise ValueError(
+                    f"network={config.network!r} differs from the config of init_weights={config.init_weights!r} "
+                    f"({start.config!r}); fine-tuning keeps the network of the weights it starts from"
+                )
+            self.config = config = replace(config, network=dict(start.config))
+            self.network = start.to(self.device)
+        else:
+            self.network = CoordinatewiseLSTM(**config.network).to(self.device)
         if config.init == "adam":
             initialise_as_adam_(self.network)
         elif config.init == "forget_bias":
@@ -272,10 +293,12 @@ class MetaTrainer:
             "meta_loss_final",
             "meta_loss",
             "init",
+            "init_weights",
             "param_scale",
             "horizon_curriculum",
             "validate_every",
             "validation_problems",
+            "validation_horizon",
         ):
             if name == "network":
                 differs = CoordinatewiseLSTM(**saved.network).config != CoordinatewiseLSTM(**self.config.network).config
@@ -319,6 +342,10 @@ class MetaTrainer:
             return self.config.horizon
         return stages[min(iteration * len(stages) // self.config.iterations, len(stages) - 1)]
 
+    @property
+    def validation_horizon(self) -> int:
+        return self.config.validation_horizon or self.config.horizon
+
     def train_iteration(self) -> float:
         """Sample fresh problems and meta-train on them over one horizon; their mean loss."""
         k = self.meta_batch_size
@@ -352,9 +379,8 @@ class MetaTrainer:
         from .evaluate import run_learned
 
         seeds = [VALIDATION_SEED + i for i in range(self.config.validation_problems)]
-        curves = torch.stack(
-            [run_learned(self.network, self.task.problem(seed).to(self.device), self.config.horizon) for seed in seeds]
-        )
+        problems = [self.task.problem(seed).to(self.device) for seed in seeds]
+        curves = torch.stack([run_learned(self.network, problem, self.validation_horizon) for problem in problems])
         if self.config.meta_loss == "log":
             curves = log_loss(curves)
         metric = curves.mean().item()
@@ -411,6 +437,11 @@ class MetaTrainer:
             os.replace(produced, self.out_dir / produced.name)
         tmp.rmdir()
 
+    def _init_description(self) -> str:
+        if self.init_identity is None:
+            return self.config.init
+        return f"from weights `{self.init_identity.source}` (sha256 {self.init_identity.sha256[:12]})"
+
     def recipe_markdown(self) -> str:
         c = self.config
         validation = [r for r in self.rows if "validation_loss" in r]
@@ -424,7 +455,7 @@ class MetaTrainer:
             f"| task | `{c.task}` ({self.task.name}) |",
             f"| horizon (optimizee steps per problem) | {c.horizon} |",
             f"| horizon curriculum (equal stages) | {c.horizon_curriculum or 'none'} |",
-            f"| network initialisation | {c.init} |",
+            f"| network initialisation | {self._init_description()} |",
             f"| random parameter scaling (Lv et al. 2017) | {c.param_scale or 'none'} |",
             f"| unroll (truncation length) | {c.unroll} |",
             f"| meta-optimizer | Adam, lr {c.meta_lr}{' (cosine decay)' if c.meta_lr_schedule == 'cosine' else ''} |",
@@ -436,7 +467,7 @@ class MetaTrainer:
             f"| seed | {c.seed} |",
             f"| device | {_device_name(self.device)} x {self.world_size} process(es) |",
             f"| wall time | {self.elapsed / 60:.1f} min |",
-            f"| validation problems | {c.validation_problems} |",
+            f"| validation problems | {c.validation_problems}, {self.validation_horizon} steps each |",
             f"| best validation {'log ' if c.meta_loss == 'log' else ''}loss (mean over the horizon) | "
             f"{self.best_metric:.5g} |",
             "",
