@@ -265,6 +265,7 @@ def test_fine_tuning_starts_from_the_given_weights_and_validates_at_its_own_hori
     assert tuned.validate() < math.inf
     assert steps == [7, 7]
     tuned.train(progress=False)
+    assert tuned.rows[0]["iteration"] == 0 and tuned.rows[0]["validation_loss"] >= tuned.best_metric
     card = (tmp_path / "tuned" / "README.md").read_text()
     assert f"from weights `{tmp_path / 'first'}`" in card and "2, 7 steps each" in card
     resumed = MetaTrainer(

@@ -58,7 +58,8 @@ class TrainConfig:
     original implementation, Sonnet's, starts so); ``"adam"``: :func:`initialise_as_adam_`."""
     init_weights: str | None = None
     """Start from these weights instead (a packaged name, a directory or a hub repo id, as ``LearnedOptimizer``
-    takes them) and keep their network config: fine-tuning, e.g. on longer horizons."""
+    takes them) and keep their network config: fine-tuning, e.g. on longer horizons.  They are validated before
+    the first iteration and stay the result unless a later validation beats them."""
     param_scale: float | None = None
     """Random scaling (Lv et al. 2017): each training problem's coordinates rescaled by factors log-uniform in
     ``[1/param_scale, param_scale]``, see :class:`RescaledProblem`."""
@@ -402,6 +403,9 @@ class MetaTrainer:
             desc="meta-train",
         )
         started = time.perf_counter() - self.elapsed
+        if self.iteration == 0 and self.config.init_weights is not None and not self.rows:
+            self.best_metric = self.validate()
+            self.rows.append({"iteration": 0, "validation_loss": self.best_metric, "elapsed_s": 0.0})
         while self.iteration < self.config.iterations:
             meta_loss = self.train_iteration()
             self.iteration += 1
