@@ -113,7 +113,8 @@ class LearnedOptimizer(Optimizer):
             (without a C++ compiler or Triton, by in-place torch operations, silently).  ``"blocked"``: the same
             with torch operations only.  ``"reference"``: all coordinates through one call of the network
             (``CoordinatewiseLSTM.forward``), with temporaries of about 200 floats per coordinate.  ``"auto"``
-            (default): ``"fused"``, and ``"reference"`` when traced by ``torch.compile`` (which fuses that
+            (default): ``"fused"`` on the CPU and ``"blocked"`` on CUDA (where the Triton kernel measured slower,
+            see ``docs/performance.md``), and ``"reference"`` when traced by ``torch.compile`` (which fuses that
             formulation itself) or when the network is not of the paper's form (``network.is_paper_rule``: the
             fused kernels implement only that form; ``"fused"`` and ``"blocked"`` refuse other networks).
         state_dtype: the dtype the LSTM state is stored in; ``torch.bfloat16`` halves its memory (the math stays
@@ -234,7 +235,7 @@ class LearnedOptimizer(Optimizer):
                     all_finite &= learned_step(b_params, b_grads, b_states, network=network, **options)
                 else:
                     real_params, real_grads = [_real(p) for p in b_params], [_real(g) for g in b_grads]
-                    allow_compiled = self.implementation != "blocked"
+                    allow_compiled = self.implementation == "fused" or device.type != "cuda"
                     all_finite &= fused_step(
                         real_params, real_grads, b_states, self.network, allow_compiled=allow_compiled, **options
                     )
