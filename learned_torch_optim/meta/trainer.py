@@ -405,7 +405,8 @@ class MetaTrainer:
         started = time.perf_counter() - self.elapsed
         if self.iteration == 0 and self.config.init_weights is not None and not self.rows:
             self.best_metric = self.validate()
-            self.rows.append({"iteration": 0, "validation_loss": self.best_metric, "elapsed_s": 0.0})
+            self.elapsed = time.perf_counter() - started
+            self.rows.append({"iteration": 0, "validation_loss": self.best_metric, "elapsed_s": round(self.elapsed, 3)})
         while self.iteration < self.config.iterations:
             meta_loss = self.train_iteration()
             self.iteration += 1
