@@ -293,6 +293,35 @@ class CoordinatewiseLSTM(
             return update, state
         return update, torch.cat((*new_state, accumulators), dim=1)
 
+    def widened(
+        self, *, momentum_decays: Sequence[float] = (), step_timescales: Sequence[float] = ()
+    ) -> CoordinatewiseLSTM:
+        """A copy with more inputs: the given momentum decays and step timescales added to this network's.  Their
+        weights start at zero, so the copy computes the same updates as this network until it is trained (for
+        fine-tuning trained weights with inputs they lack, e.g. step counts on longer timescales)."""
+        momentum_decays = (*self.momentum_decays, *(b for b in momentum_decays if b not in self.momentum_decays))
+        step_timescales = (*self.step_timescales, *(t for t in step_timescales if t not in self.step_timescales))
+        wide = CoordinatewiseLSTM(
+            **{**self.config, "momentum_decays": momentum_decays, "step_timescales": step_timescales}
+        )
+        columns = [wide.input_names.index(name) for name in self.input_names]
+        hidden = self.hidden_size if self.num_layers else 0
+        with torch.no_grad():
+            for param in wide.parameters():
+                param.zero_()
+            for layer, (narrow_cell, wide_cell) in enumerate(zip(self.cells, wide.cells)):
+                for name in ("weight_hh", "bias_ih", "bias_hh"):
+                    getattr(wide_cell, name).copy_(getattr(narrow_cell, name))
+                if layer:
+                    wide_cell.weight_ih.copy_(narrow_cell.weight_ih)
+                else:
+                    wide_cell.weight_ih[:, columns] = narrow_cell.weight_ih
+            wide.readout.bias.copy_(self.readout.bias)
+            wide.readout.weight[:, :hidden] = self.readout.weight[:, :hidden]
+            if self.readout.weight.shape[1] > hidden:
+                wide.readout.weight[:, [hidden + c for c in columns]] = self.readout.weight[:, hidden:]
+        return wide
+
     def extra_repr(self) -> str:
         return ", ".join(f"{name}={value!r}" for name, value in self.config.items())
 

@@ -276,6 +276,38 @@ def test_fine_tuning_starts_from_the_given_weights_and_validates_at_its_own_hori
     assert resumed.iteration == 2 and resumed.config == tuned.config
 
 
+@pytest.mark.parametrize("config", [RICH, {"hidden_size": 6}, {"num_layers": 0, "preprocessing": "identity"}])
+def test_widened_network_computes_the_same_updates_until_trained(config):
+    torch.manual_seed(0)
+    narrow = CoordinatewiseLSTM(**config)
+    with torch.no_grad():
+        for param in narrow.parameters():
+            param.normal_(0, 0.3)
+    wide = narrow.widened(momentum_decays=[0.9, 0.999], step_timescales=[1000.0, 10000.0])
+    assert set(narrow.input_names) < set(wide.input_names)
+    narrow_state, wide_state = narrow.initial_state(40), wide.initial_state(40)
+    for _ in range(20):
+        grad = torch.randn(40) * 0.1
+        narrow_update, narrow_state = narrow(grad, narrow_state)
+        wide_update, wide_state = wide(grad, wide_state)
+        assert torch.equal(narrow_update, wide_update)
+    with torch.no_grad():
+        wide.readout.weight[:, -1] = 1.0
+    assert not torch.equal(wide(grad, wide_state)[0], narrow(grad, narrow_state)[0])
+
+
+def test_fine_tuning_can_add_inputs(tmp_path):
+    MetaTrainer(quick(iterations=1), tmp_path / "first").train(progress=False)
+    added = {"step_timescales": [10.0, 1000.0, 5000.0]}
+    tuned = MetaTrainer(
+        quick(iterations=1, init="default", network=added, init_weights=str(tmp_path / "first")), tmp_path / "tuned"
+    )
+    assert tuned.network.step_timescales == (10.0, 1000.0, 5000.0)
+    assert tuned.config.network == CoordinatewiseLSTM(**{**RICH, **added}).config
+    tuned.train(progress=False)
+    assert CoordinatewiseLSTM.from_pretrained(tmp_path / "tuned").step_timescales == (10.0, 1000.0, 5000.0)
+
+
 def test_fine_tuning_refuses_a_second_start_or_another_network(tmp_path):
     MetaTrainer(quick(iterations=1), tmp_path / "first").train(progress=False)
     with pytest.raises(ValueError, match="init_weights"):

@@ -107,8 +107,9 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         "--init-from",
         default=None,
         metavar="WEIGHTS",
-        help="start from these weights (packaged name, directory or hub repo id) and keep their network config; "
-        "the network flags below must then be left at their defaults",
+        help="start from these weights (packaged name, directory or hub repo id) and their network config, to which "
+        "--momentum-decays and --step-timescales can add inputs (zero weights at first); leave the other network "
+        "flags at their defaults",
     )
     p.add_argument("--validate-every", type=int, default=50, help="iterations between validations")
     p.add_argument("--validation-problems", type=int, default=10)
@@ -154,11 +155,14 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     device = _init_distributed(args.device)
     network = {name: getattr(args, name) for name in NETWORK_FLAGS}
     if args.init_from is not None:
-        changed = [name for name in NETWORK_FLAGS if network[name] != args.network_defaults[name]]
-        if changed:
-            flags = ", ".join("--" + name.replace("_", "-") for name in changed)
-            raise SystemExit(f"--init-from {args.init_from}: the network comes from those weights; drop {flags}")
-        network = {}
+        network = {name: value for name, value in network.items() if value != args.network_defaults[name]}
+        fixed = [name for name in network if name not in ("momentum_decays", "step_timescales")]
+        if fixed:
+            flags = ", ".join("--" + name.replace("_", "-") for name in fixed)
+            raise SystemExit(
+                f"--init-from {args.init_from}: the network comes from those weights (which can only gain inputs "
+                f"with --momentum-decays and --step-timescales); drop {flags}"
+            )
 
     config = TrainConfig(
         task=args.task,

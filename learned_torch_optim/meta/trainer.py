@@ -58,7 +58,9 @@ class TrainConfig:
     original implementation, Sonnet's, starts so); ``"adam"``: :func:`initialise_as_adam_`."""
     init_weights: str | None = None
     """Start from these weights instead (a packaged name, a directory or a hub repo id, as ``LearnedOptimizer``
-    takes them) and keep their network config: fine-tuning, e.g. on longer horizons.  They are validated before
+    takes them): fine-tuning, e.g. on longer horizons.  ``network`` then holds changes to their config, which may
+    only add ``momentum_decays`` or ``step_timescales`` (:meth:`CoordinatewiseLSTM.widened`: new inputs, zero
+    weights).  They are validated before
     the first iteration and stay the result unless a later validation beats them."""
     param_scale: float | None = None
     """Random scaling (Lv et al. 2017): each training problem's coordinates rescaled by factors log-uniform in
@@ -230,13 +232,19 @@ class MetaTrainer:
         self.init_identity = None
         if config.init_weights is not None:
             start = load_weights(config.init_weights)
-            self.init_identity = start.weights_identity
-            if config.network and CoordinatewiseLSTM(**config.network).config != start.config:
-                raise ValueError(
-                    f"network={config.network!r} differs from the config of init_weights={config.init_weights!r} "
-                    f"({start.config!r}); fine-tuning keeps the network of the weights it starts from"
+            self.init_identity, start_config = start.weights_identity, start.config
+            wanted = CoordinatewiseLSTM(**{**start_config, **config.network}).config
+            if wanted != start.config:
+                start = start.widened(
+                    momentum_decays=wanted.get("momentum_decays", ()), step_timescales=wanted.get("step_timescales", ())
                 )
-            self.config = config = replace(config, network=dict(start.config))
+            if start.config != wanted:
+                raise ValueError(
+                    f"network={config.network!r} changes the config of init_weights={config.init_weights!r} "
+                    f"({start_config!r}) beyond added "
+                    "momentum_decays and step_timescales, the only inputs a trained network can gain"
+                )
+            self.config = config = replace(config, network=wanted)
             self.network = start.to(self.device)
         else:
             self.network = CoordinatewiseLSTM(**config.network).to(self.device)
