@@ -242,7 +242,8 @@ class MetaTrainer:
                 raise ValueError(
                     f"network={config.network!r} changes the config of init_weights={config.init_weights!r} "
                     f"({start_config!r}) beyond added "
-                    "momentum_decays and step_timescales, the only inputs a trained network can gain"
+                    "momentum_decays and step_timescales, the only inputs a trained network can gain (give the full "
+                    "lists: the weights' own values, then the new ones)"
                 )
             self.config = config = replace(config, network=wanted)
             self.network = start.to(self.device)
