@@ -235,7 +235,7 @@ class LearnedOptimizer(Optimizer):
                     all_finite &= learned_step(b_params, b_grads, b_states, network=network, **options)
                 else:
                     real_params, real_grads = [_real(p) for p in b_params], [_real(g) for g in b_grads]
-                    allow_compiled = self.implementation == "fused" or device.type != "cuda"
+                    allow_compiled = self.implementation == "fused" or b_params[0].device.type != "cuda"
                     all_finite &= fused_step(
                         real_params, real_grads, b_states, self.network, allow_compiled=allow_compiled, **options
                     )
