@@ -278,9 +278,11 @@ class CoordinatewiseLSTM(
             # LSTM cell (Hochreiter & Schmidhuber 1997), gate order i, f, g, o as torch.nn.LSTMCell.
             gates = torch.addmm(cell.bias_ih + cell.bias_hh, x, cell.weight_ih.t())
             gates = torch.addmm(gates, h, cell.weight_hh.t())
-            i, f, g, o = gates.chunk(4, dim=1)
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            x = torch.sigmoid(o) * torch.tanh(c)
+            # One sigmoid over all four gates: on strided column slices it runs several times slower on the CPU.
+            i, f, _, o = torch.sigmoid(gates).chunk(4, dim=1)
+            g = torch.tanh(gates[:, 2 * self.hidden_size : 3 * self.hidden_size])
+            c = f * c + i * g
+            x = o * torch.tanh(c)
             new_state += [x, c]
         if self.readout_skip and self.num_layers:
             x = torch.cat((x, inputs), dim=1)
