@@ -21,7 +21,8 @@ a magnitude-direction form.  With ``t`` the coordinate's step count and ``beta2 
 where ``pre`` is the log/sign preprocessing, the identity, or ``z / (sqrt(vhat) + 1e-8)`` (``"adam_normalized"``,
 Adam's normalisation, which makes the inputs invariant to the gradient's scale).  With ``readout_skip`` the read-out
 sees ``[o_t, x_t]``; with ``output="direction_magnitude"`` it gives two numbers ``d, r`` and
-``u_t = output_scale * d * exp(magnitude_scale * r)`` (Wichrowska et al. 2017; Metz et al. 2020).
+``u_t = output_scale * d * exp(magnitude_scale * r)`` (Wichrowska et al. 2017; Metz et al. 2020).  With
+``update_clip = c`` every coordinate's update is clipped to ``[-c, c]`` (a bounded output).
 
 This module is the single definition of the rule: :class:`learned_torch_optim.LearnedOptimizer` runs it under
 ``torch.no_grad()`` and the meta-trainer differentiates through it.
@@ -99,6 +100,7 @@ class CoordinatewiseLSTM(
         readout_skip: the read-out also sees the inputs (not in the paper).
         output: ``"additive"`` (the paper) or ``"direction_magnitude"``.
         magnitude_scale: the factor inside the exponential of ``"direction_magnitude"``.
+        update_clip: bound on each coordinate's update ``|u_t|`` (none in the paper: ``None``).
 
     Per-coordinate state is one flat vector of :attr:`state_size` floats: for each layer ``l`` the hidden state
     ``h_l`` followed by the cell state ``c_l``, then the accumulators of the extra inputs, if any.  Every argument
@@ -118,6 +120,7 @@ class CoordinatewiseLSTM(
         readout_skip: bool = False,
         output: str = "additive",
         magnitude_scale: float = 1.0,
+        update_clip: float | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(hidden_size, int) or hidden_size < 1:
@@ -134,6 +137,8 @@ class CoordinatewiseLSTM(
             raise ValueError(f"second_moment_decay must lie in [0, 1), got {second_moment_decay!r}")
         if any(not tau > 0 for tau in step_timescales):
             raise ValueError(f"step_timescales must be positive, got {list(step_timescales)!r}")
+        if update_clip is not None and not update_clip > 0:
+            raise ValueError(f"update_clip must be positive or None, got {update_clip!r}")
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
         self.hidden_size = hidden_size
@@ -147,6 +152,7 @@ class CoordinatewiseLSTM(
         self.readout_skip = bool(readout_skip)
         self.output = output
         self.magnitude_scale = float(magnitude_scale)
+        self.update_clip = None if update_clip is None else float(update_clip)
         per_value = 2 if preprocessing == "log_sign" else 1
         self.num_inputs = per_value * (1 + len(self.momentum_decays)) + len(self.step_timescales)
         self.cells = nn.ModuleList(
@@ -174,6 +180,7 @@ class CoordinatewiseLSTM(
             "readout_skip": self.readout_skip,
             "output": self.output,
             "magnitude_scale": self.magnitude_scale,
+            "update_clip": self.update_clip,
         }
         defaults = inspect.signature(CoordinatewiseLSTM.__init__).parameters
         for name, value in extensions.items():
@@ -192,6 +199,7 @@ class CoordinatewiseLSTM(
             and not self.step_timescales
             and not self.readout_skip
             and self.output == "additive"
+            and self.update_clip is None
         )
 
     @property
@@ -291,6 +299,8 @@ class CoordinatewiseLSTM(
             update = self.output_scale * out[:, 0] * torch.exp(self.magnitude_scale * out[:, 1])
         else:
             update = self.output_scale * out.squeeze(-1)
+        if self.update_clip is not None:
+            update = update.clamp(-self.update_clip, self.update_clip)
         if not new_state and not self.accumulator_size:
             return update, state
         return update, torch.cat((*new_state, accumulators), dim=1)

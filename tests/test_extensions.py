@@ -81,6 +81,7 @@ def test_paper_config_is_unchanged_and_extensions_round_trip(tmp_path):
         ({"step_timescales": [0.0]}, "step_timescales"),
         ({"output": "tanh"}, "output"),
         ({"preprocessing": "adam"}, "preprocessing"),
+        ({"update_clip": 0.0}, "update_clip"),
     ],
 )
 def test_bad_extension_options_are_named(kwargs, name):
@@ -316,3 +317,23 @@ def test_fine_tuning_refuses_a_second_start_or_another_network(tmp_path):
         MetaTrainer(quick(init="default", network={"hidden_size": 3}, init_weights=str(tmp_path / "first")), tmp_path)
     with pytest.raises(ValueError, match="validation_horizon"):
         quick(validation_horizon=0)
+
+
+def test_update_clip_bounds_every_coordinate_and_leaves_small_updates_alone(tmp_path):
+    torch.manual_seed(0)
+    free = CoordinatewiseLSTM(**RICH)
+    grad = torch.randn(500) * torch.logspace(-3, 3, 500)
+    state = free.initial_state(500)
+    free_update, _ = free(grad, state)
+    clip = free_update.abs().median().item()
+    bounded = CoordinatewiseLSTM(**{**RICH, "update_clip": clip})
+    bounded.load_state_dict(free.state_dict())
+    assert not bounded.is_paper_rule and bounded.config["update_clip"] == clip
+    bounded_update, _ = bounded(grad, state)
+    assert bounded_update.abs().max() <= clip
+    small = free_update.abs() < clip
+    assert small.sum() > 100 and torch.equal(free_update[small], bounded_update[small])
+    bounded.save_pretrained(tmp_path)
+    assert CoordinatewiseLSTM.from_pretrained(tmp_path).update_clip == clip
+    with pytest.raises(ValueError, match="update_clip"):
+        LearnedOptimizer([torch.zeros(2, requires_grad=True)], weights=bounded, implementation="fused")

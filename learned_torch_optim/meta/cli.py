@@ -35,6 +35,7 @@ NETWORK_FLAGS = (
     "readout_skip",
     "output",
     "magnitude_scale",
+    "update_clip",
 )
 """The ``train`` flags that make up ``TrainConfig.network`` (``CoordinatewiseLSTM`` arguments)."""
 
@@ -128,6 +129,7 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--readout-skip", action="store_true", help="the read-out also sees the network's inputs")
     p.add_argument("--output", choices=list(OUTPUTS), default="additive")
     p.add_argument("--magnitude-scale", type=float, default=1.0, help="of the direction_magnitude output")
+    p.add_argument("--update-clip", type=float, default=None, help="bound on each coordinate's update |u_t|")
     p.add_argument("--device", default="cpu", help="torch device for the network and the problems, e.g. cuda")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(network_defaults={name: p.get_default(name) for name in NETWORK_FLAGS})
