@@ -91,6 +91,13 @@ def learned_step(
     return all_finite
 
 
+def compiled_kernel_allowed(implementation: str, device: torch.device) -> bool:
+    """Whether a step of ``implementation`` on ``device`` may use a compiled kernel: ``"fused"`` always, ``"auto"``
+    on the CPU only (on CUDA the Triton kernel measured slower than the blocked torch operations,
+    ``docs/performance.md``), ``"blocked"`` never."""
+    return implementation == "fused" or (implementation == "auto" and device.type != "cuda")
+
+
 class LearnedOptimizer(Optimizer):
     r"""Optimizer driven by a meta-trained coordinatewise LSTM (Andrychowicz et al., 2016).
 
@@ -235,7 +242,7 @@ class LearnedOptimizer(Optimizer):
                     all_finite &= learned_step(b_params, b_grads, b_states, network=network, **options)
                 else:
                     real_params, real_grads = [_real(p) for p in b_params], [_real(g) for g in b_grads]
-                    allow_compiled = self.implementation == "fused" or b_params[0].device.type != "cuda"
+                    allow_compiled = compiled_kernel_allowed(self.implementation, b_params[0].device)
                     all_finite &= fused_step(
                         real_params, real_grads, b_states, self.network, allow_compiled=allow_compiled, **options
                     )

@@ -315,3 +315,27 @@ def test_cuda_step_equals_the_reference(network, implementation):
         finals.append(params)
     for a, b in zip(*finals):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "implementation, device, compiled",
+    [("fused", "cpu", True), ("auto", "cpu", True), ("blocked", "cpu", False), ("fused", "cuda", True)]
+    + [("auto", "cuda", False), ("blocked", "cuda", False)],
+)
+def test_which_implementations_may_use_a_compiled_kernel(monkeypatch, implementation, device, compiled):
+    import learned_torch_optim.optimizer as optimizer_module
+
+    assert optimizer_module.compiled_kernel_allowed(implementation, torch.device(device)) is compiled
+    if device != "cpu":
+        return
+    seen = []
+
+    def recording_fused_step(params, grads, states, network, *, allow_compiled, **options):
+        seen.append(allow_compiled)
+        return True
+
+    monkeypatch.setattr(optimizer_module, "fused_step", recording_fused_step)
+    param = torch.nn.Parameter(torch.ones(4))
+    param.grad = torch.ones(4)
+    LearnedOptimizer([param], weights=CoordinatewiseLSTM(hidden_size=4), implementation=implementation).step()
+    assert seen == [compiled]
