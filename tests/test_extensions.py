@@ -308,6 +308,24 @@ def test_fine_tuning_can_add_inputs(tmp_path):
     tuned.train(progress=False)
     assert CoordinatewiseLSTM.from_pretrained(tmp_path / "tuned").step_timescales == (10.0, 1000.0, 5000.0)
 
+    clipped = MetaTrainer(
+        quick(iterations=1, init="default", network={"update_clip": 0.5}, init_weights=str(tmp_path / "first")),
+        tmp_path / "clipped",
+    )
+    start = CoordinatewiseLSTM.from_pretrained(tmp_path / "first")
+    assert clipped.network.update_clip == 0.5
+    for name, tensor in start.state_dict().items():
+        assert torch.equal(tensor, clipped.network.state_dict()[name]), name
+    clipped.train(progress=False)
+
+    (tmp_path / "first" / "checkpoint.pt").unlink()
+    MetaTrainer(quick(iterations=2, seed=1), tmp_path / "first").train(progress=False)
+    with pytest.raises(ValueError, match="sha256"):
+        MetaTrainer(
+            quick(iterations=1, init="default", network={"update_clip": 0.5}, init_weights=str(tmp_path / "first")),
+            tmp_path / "clipped",
+        ).train(resume=True, progress=False)
+
 
 def test_fine_tuning_refuses_a_second_start_or_another_network(tmp_path):
     MetaTrainer(quick(iterations=1), tmp_path / "first").train(progress=False)

@@ -109,8 +109,8 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         metavar="WEIGHTS",
         help="start from these weights (packaged name, directory or hub repo id) and their network config, to which "
-        "--momentum-decays and --step-timescales can add inputs (zero weights at first); leave the other network "
-        "flags at their defaults",
+        "--momentum-decays and --step-timescales can add inputs (zero weights at first) and --update-clip can set a "
+        "step bound; leave the other network flags at their defaults",
     )
     p.add_argument("--validate-every", type=int, default=50, help="iterations between validations")
     p.add_argument("--validation-problems", type=int, default=10)
@@ -158,12 +158,12 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     network = {name: getattr(args, name) for name in NETWORK_FLAGS}
     if args.init_from is not None:
         network = {name: value for name, value in network.items() if value != args.network_defaults[name]}
-        fixed = [name for name in network if name not in ("momentum_decays", "step_timescales")]
+        fixed = [name for name in network if name not in ("momentum_decays", "step_timescales", "update_clip")]
         if fixed:
             flags = ", ".join("--" + name.replace("_", "-") for name in fixed)
             raise SystemExit(
                 f"--init-from {args.init_from}: the network comes from those weights (which can only gain inputs "
-                f"with --momentum-decays and --step-timescales); drop {flags}"
+                f"with --momentum-decays and --step-timescales, or take --update-clip); drop {flags}"
             )
 
     config = TrainConfig(

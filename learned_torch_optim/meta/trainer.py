@@ -60,8 +60,8 @@ class TrainConfig:
     """Start from these weights instead (a packaged name, a directory or a hub repo id, as ``LearnedOptimizer``
     takes them): fine-tuning, e.g. on longer horizons.  ``network`` then holds changes to their config, which may
     only add ``momentum_decays`` or ``step_timescales`` (:meth:`CoordinatewiseLSTM.widened`: new inputs, zero
-    weights).  They are validated before the first iteration and stay the result unless a later validation beats
-    them."""
+    weights) or set ``update_clip``.  Resuming checks that the weights are still those the run started from.
+    They are validated before the first iteration and stay the result unless a later validation beats them."""
     param_scale: float | None = None
     """Random scaling (Lv et al. 2017): each training problem's coordinates rescaled by factors log-uniform in
     ``[1/param_scale, param_scale]``, see :class:`RescaledProblem`."""
@@ -238,13 +238,17 @@ class MetaTrainer:
                 start = start.widened(
                     momentum_decays=wanted.get("momentum_decays", ()), step_timescales=wanted.get("step_timescales", ())
                 )
-            if start.config != wanted:
+            if {**start.config, "update_clip": None} != {**wanted, "update_clip": None}:
                 raise ValueError(
                     f"network={config.network!r} changes the config of init_weights={config.init_weights!r} "
-                    f"({start_config!r}) beyond added "
-                    "momentum_decays and step_timescales, the only inputs a trained network can gain (give the full "
-                    "lists: the weights' own values, then the new ones)"
+                    f"({start_config!r}) beyond added momentum_decays and step_timescales (the only inputs a trained "
+                    "network can gain; give the full lists: the weights' own values, then the new ones) and "
+                    "update_clip"
                 )
+            if start.config != wanted:
+                clipped = CoordinatewiseLSTM(**wanted)
+                clipped.load_state_dict(start.state_dict())
+                start = clipped
             self.config = config = replace(config, network=wanted)
             self.network = start.to(self.device)
         else:
@@ -276,6 +280,7 @@ class MetaTrainer:
             "best_metric": self.best_metric,
             "best_network": self.best_state,
             "elapsed": self.elapsed,
+            "init_sha256": self.init_identity.sha256 if self.init_identity is not None else None,
         }
 
     def save_checkpoint(self) -> None:
@@ -326,6 +331,12 @@ class MetaTrainer:
                 f"--resume: iterations={self.config.iterations} differs from the checkpoint's {saved.iterations} in "
                 f"{self.out_dir / CHECKPOINT}; the cosine schedule and the curriculum are laid out over the run's "
                 "iterations, so they cannot change"
+            )
+        started_from = self.init_identity.sha256 if self.init_identity is not None else None
+        if checkpoint.get("init_sha256") != started_from:
+            raise ValueError(
+                f"--resume: init_weights={self.config.init_weights!r} now has sha256 {started_from}, but the run in "
+                f"{self.out_dir / CHECKPOINT} started from {checkpoint.get('init_sha256')}"
             )
         if checkpoint["world_size"] != self.world_size:
             raise ValueError(
