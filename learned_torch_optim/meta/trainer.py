@@ -234,21 +234,18 @@ class MetaTrainer:
             start = load_weights(config.init_weights)
             self.init_identity, start_config = start.weights_identity, start.config
             wanted = CoordinatewiseLSTM(**{**start_config, **config.network}).config
-            if wanted != start.config:
-                start = start.widened(
-                    momentum_decays=wanted.get("momentum_decays", ()), step_timescales=wanted.get("step_timescales", ())
-                )
-            if {**start.config, "update_clip": None} != {**wanted, "update_clip": None}:
+            widened = start.widened(
+                momentum_decays=wanted.get("momentum_decays", ()), step_timescales=wanted.get("step_timescales", ())
+            )
+            if {**widened.config, "update_clip": None} != {**wanted, "update_clip": None}:
                 raise ValueError(
                     f"network={config.network!r} changes the config of init_weights={config.init_weights!r} "
                     f"({start_config!r}) beyond added momentum_decays and step_timescales (the only inputs a trained "
                     "network can gain; give the full lists: the weights' own values, then the new ones) and "
                     "update_clip"
                 )
-            if start.config != wanted:
-                clipped = CoordinatewiseLSTM(**wanted)
-                clipped.load_state_dict(start.state_dict())
-                start = clipped
+            start = CoordinatewiseLSTM(**wanted)
+            start.load_state_dict(widened.state_dict())
             self.config = config = replace(config, network=wanted)
             self.network = start.to(self.device)
         else:
