@@ -309,14 +309,19 @@ class CoordinatewiseLSTM(
         self, *, momentum_decays: Sequence[float] = (), step_timescales: Sequence[float] = ()
     ) -> CoordinatewiseLSTM:
         """A copy with more inputs: the given momentum decays and step timescales added to this network's.  Their
-        weights start at zero, so the copy computes the same updates as this network until it is trained (for
-        fine-tuning trained weights with inputs they lack, e.g. step counts on longer timescales)."""
+        weights start at zero, so the copy computes the same updates as this network (to fp32 rounding: its matrix
+        products are longer) until it is trained; for fine-tuning trained weights with inputs they lack, e.g. step
+        counts on longer timescales."""
         momentum_decays = (*self.momentum_decays, *(b for b in momentum_decays if b not in self.momentum_decays))
         step_timescales = (*self.step_timescales, *(t for t in step_timescales if t not in self.step_timescales))
         wide = CoordinatewiseLSTM(
             **{**self.config, "momentum_decays": momentum_decays, "step_timescales": step_timescales}
         )
-        columns = [wide.input_names.index(name) for name in self.input_names]
+        per_value = 2 if self.preprocessing == "log_sign" else 1
+        gradient_inputs = per_value * (1 + len(self.momentum_decays))
+        columns = [*range(gradient_inputs)] + [
+            per_value * (1 + len(wide.momentum_decays)) + k for k in range(len(self.step_timescales))
+        ]
         hidden = self.hidden_size if self.num_layers else 0
         with torch.no_grad():
             for param in wide.parameters():
