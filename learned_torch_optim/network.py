@@ -75,6 +75,11 @@ def preprocess_log_sign(grad: Tensor, p: float) -> Tensor:
     return torch.stack((log_part, sign_part), dim=-1)
 
 
+def _is_decay(beta: float) -> bool:
+    """Whether ``beta`` is a usable decay: in [0, 1) also once rounded to fp32 (else ``1 - beta**t`` is 0)."""
+    return 0.0 <= beta < 1.0 and float(torch.tensor(beta, dtype=torch.float32)) < 1.0
+
+
 class CoordinatewiseLSTM(
     nn.Module,
     PyTorchModelHubMixin,
@@ -131,10 +136,10 @@ class CoordinatewiseLSTM(
             raise ValueError(f"preprocessing must be one of {PREPROCESSINGS}, got {preprocessing!r}")
         if not preprocessing_p > 0:
             raise ValueError(f"preprocessing_p must be positive, got {preprocessing_p!r}")
-        if any(not 0.0 <= beta < 1.0 for beta in momentum_decays):
-            raise ValueError(f"momentum_decays must lie in [0, 1), got {list(momentum_decays)!r}")
-        if not 0.0 <= second_moment_decay < 1.0:
-            raise ValueError(f"second_moment_decay must lie in [0, 1), got {second_moment_decay!r}")
+        if any(not _is_decay(beta) for beta in momentum_decays):
+            raise ValueError(f"momentum_decays must lie in [0, 1) in fp32, got {list(momentum_decays)!r}")
+        if not _is_decay(second_moment_decay):
+            raise ValueError(f"second_moment_decay must lie in [0, 1) in fp32, got {second_moment_decay!r}")
         if any(not tau > 0 for tau in step_timescales):
             raise ValueError(f"step_timescales must be positive, got {list(step_timescales)!r}")
         if update_clip is not None and not update_clip > 0:

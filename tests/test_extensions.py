@@ -77,6 +77,8 @@ def test_paper_config_is_unchanged_and_extensions_round_trip(tmp_path):
     "kwargs, name",
     [
         ({"momentum_decays": [1.0]}, "momentum_decays"),
+        ({"momentum_decays": [1 - 1e-9]}, "momentum_decays"),
+        ({"second_moment_decay": 1 - 1e-9}, "second_moment_decay"),
         ({"second_moment_decay": -0.1}, "second_moment_decay"),
         ({"step_timescales": [0.0]}, "step_timescales"),
         ({"output": "tanh"}, "output"),
