@@ -158,8 +158,7 @@ class CoordinatewiseLSTM(
         self.output = output
         self.magnitude_scale = float(magnitude_scale)
         self.update_clip = None if update_clip is None else float(update_clip)
-        per_value = 2 if preprocessing == "log_sign" else 1
-        self.num_inputs = per_value * (1 + len(self.momentum_decays)) + len(self.step_timescales)
+        self.num_inputs = self.inputs_per_value * (1 + len(self.momentum_decays)) + len(self.step_timescales)
         self.cells = nn.ModuleList(
             nn.LSTMCell(self.num_inputs if layer == 0 else hidden_size, hidden_size) for layer in range(num_layers)
         )
@@ -193,6 +192,11 @@ class CoordinatewiseLSTM(
             if value != (list(default) if isinstance(default, tuple) else default):
                 config[name] = value
         return config
+
+    @property
+    def inputs_per_value(self) -> int:
+        """Network inputs per gradient-like value: 2 with log/sign preprocessing (a pair), else 1."""
+        return 2 if self.preprocessing == "log_sign" else 1
 
     @property
     def is_paper_rule(self) -> bool:
@@ -240,7 +244,7 @@ class CoordinatewiseLSTM(
         return torch.zeros(n, self.state_size, device=device, dtype=dtype)
 
     def _preprocess(self, values: Tensor, second_moment: Tensor | None) -> Tensor:
-        """``values`` of shape ``(n, k)`` as network inputs of shape ``(n, k * per_value)``."""
+        """``values`` of shape ``(n, k)`` as network inputs of shape ``(n, k * inputs_per_value)``."""
         if self.preprocessing == "log_sign":
             return preprocess_log_sign(values, self.preprocessing_p).flatten(1)
         if second_moment is not None:
@@ -322,10 +326,9 @@ class CoordinatewiseLSTM(
         wide = CoordinatewiseLSTM(
             **{**self.config, "momentum_decays": momentum_decays, "step_timescales": step_timescales}
         )
-        per_value = 2 if self.preprocessing == "log_sign" else 1
-        gradient_inputs = per_value * (1 + len(self.momentum_decays))
+        gradient_inputs = self.inputs_per_value * (1 + len(self.momentum_decays))
         columns = [*range(gradient_inputs)] + [
-            per_value * (1 + len(wide.momentum_decays)) + k for k in range(len(self.step_timescales))
+            self.inputs_per_value * (1 + len(wide.momentum_decays)) + k for k in range(len(self.step_timescales))
         ]
         hidden = self.hidden_size if self.num_layers else 0
         with torch.no_grad():

@@ -152,13 +152,13 @@ def _init_distributed(device: str) -> str:
 
 
 def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from .trainer import MetaTrainer, TrainConfig
+    from .trainer import FINE_TUNING_CHANGES, MetaTrainer, TrainConfig
 
     device = _init_distributed(args.device)
     network = {name: getattr(args, name) for name in NETWORK_FLAGS}
     if args.init_from is not None:
         network = {name: value for name, value in network.items() if value != args.network_defaults[name]}
-        fixed = [name for name in network if name not in ("momentum_decays", "step_timescales", "update_clip")]
+        fixed = [name for name in network if name not in FINE_TUNING_CHANGES]
         if fixed:
             flags = ", ".join("--" + name.replace("_", "-") for name in fixed)
             raise SystemExit(

@@ -29,6 +29,8 @@ VALIDATION_SEED = 10**9
 META_LOSSES = ("sum", "log")
 META_LR_SCHEDULES = ("constant", "cosine")
 INITIALISATIONS = ("default", "forget_bias", "adam")
+FINE_TUNING_CHANGES = ("momentum_decays", "step_timescales", "update_clip")
+"""The network options that fine-tuning (``TrainConfig.init_weights``) may change in the starting weights' config."""
 
 
 @dataclass
@@ -240,9 +242,8 @@ class MetaTrainer:
             if {**widened.config, "update_clip": None} != {**wanted, "update_clip": None}:
                 raise ValueError(
                     f"network={config.network!r} changes the config of init_weights={config.init_weights!r} "
-                    f"({start_config!r}) beyond added momentum_decays and step_timescales (the only inputs a trained "
-                    "network can gain; give the full lists: the weights' own values, then the new ones) and "
-                    "update_clip"
+                    f"({start_config!r}) beyond {', '.join(FINE_TUNING_CHANGES)} (new inputs: give the full lists, "
+                    "the weights' own values, then the new ones)"
                 )
             start = CoordinatewiseLSTM(**wanted)
             start.load_state_dict(widened.state_dict())
@@ -277,7 +278,7 @@ class MetaTrainer:
             "best_metric": self.best_metric,
             "best_network": self.best_state,
             "elapsed": self.elapsed,
-            "init_sha256": self.init_identity.sha256 if self.init_identity is not None else None,
+            "init_sha256": self.init_sha256,
         }
 
     def save_checkpoint(self) -> None:
@@ -329,11 +330,10 @@ class MetaTrainer:
                 f"{self.out_dir / CHECKPOINT}; the cosine schedule and the curriculum are laid out over the run's "
                 "iterations, so they cannot change"
             )
-        started_from = self.init_identity.sha256 if self.init_identity is not None else None
-        if checkpoint.get("init_sha256") != started_from:
+        if checkpoint.get("init_sha256") != self.init_sha256:
             raise ValueError(
-                f"--resume: init_weights={self.config.init_weights!r} now has sha256 {started_from}, but the run in "
-                f"{self.out_dir / CHECKPOINT} started from {checkpoint.get('init_sha256')}"
+                f"--resume: init_weights={self.config.init_weights!r} now has sha256 {self.init_sha256}, but the run "
+                f"in {self.out_dir / CHECKPOINT} started from {checkpoint.get('init_sha256')}"
             )
         if checkpoint["world_size"] != self.world_size:
             raise ValueError(
@@ -359,6 +359,11 @@ class MetaTrainer:
         if not stages:
             return self.config.horizon
         return stages[min(iteration * len(stages) // self.config.iterations, len(stages) - 1)]
+
+    @property
+    def init_sha256(self) -> str | None:
+        """The hash of the weights the run started from (``init_weights``), if any."""
+        return self.init_identity.sha256 if self.init_identity is not None else None
 
     @property
     def validation_horizon(self) -> int:
