@@ -22,7 +22,11 @@ where ``pre`` is the log/sign preprocessing, the identity, or ``z / (sqrt(vhat) 
 Adam's normalisation, which makes the inputs invariant to the gradient's scale).  With ``readout_skip`` the read-out
 sees ``[o_t, x_t]``; with ``output="direction_magnitude"`` it gives two numbers ``d, r`` and
 ``u_t = output_scale * d * exp(magnitude_scale * r)`` (Wichrowska et al. 2017; Metz et al. 2020).  With
-``update_clip = c`` every coordinate's update is clipped to ``[-c, c]`` (a bounded output).
+``update_clip = c`` every coordinate's update is clipped to ``[-c, c]`` (a bounded output).  With
+``gradient_rms_clip = k`` (``"adam_normalized"`` only) each gradient is first clipped to its running root mean
+square, ``g_t <- clip(g_t, -k sqrt(vhat_t-1), k sqrt(vhat_t-1))``, before it enters the inputs and the averages (a
+coordinate that has seen no gradient yet is left alone): a lone outlier gradient then moves the inputs by at most
+``k``, as Adam's own averaging would.
 
 This module is the single definition of the rule: :class:`learned_torch_optim.LearnedOptimizer` runs it under
 ``torch.no_grad()`` and the meta-trainer differentiates through it.
@@ -106,6 +110,8 @@ class CoordinatewiseLSTM(
         output: ``"additive"`` (the paper) or ``"direction_magnitude"``.
         magnitude_scale: the factor inside the exponential of ``"direction_magnitude"``.
         update_clip: bound on each coordinate's update ``|u_t|`` (none in the paper: ``None``).
+        gradient_rms_clip: bound on each gradient in units of its running RMS ``sqrt(vhat_t-1)``
+            (``"adam_normalized"`` only; none in the paper: ``None``).
 
     Per-coordinate state is one flat vector of :attr:`state_size` floats: for each layer ``l`` the hidden state
     ``h_l`` followed by the cell state ``c_l``, then the accumulators of the extra inputs, if any.  Every argument
@@ -126,6 +132,7 @@ class CoordinatewiseLSTM(
         output: str = "additive",
         magnitude_scale: float = 1.0,
         update_clip: float | None = None,
+        gradient_rms_clip: float | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(hidden_size, int) or hidden_size < 1:
@@ -144,6 +151,12 @@ class CoordinatewiseLSTM(
             raise ValueError(f"step_timescales must be positive, got {list(step_timescales)!r}")
         if update_clip is not None and not update_clip > 0:
             raise ValueError(f"update_clip must be positive or None, got {update_clip!r}")
+        if gradient_rms_clip is not None and not gradient_rms_clip > 0:
+            raise ValueError(f"gradient_rms_clip must be positive or None, got {gradient_rms_clip!r}")
+        if gradient_rms_clip is not None and preprocessing != "adam_normalized":
+            raise ValueError(
+                f"gradient_rms_clip needs preprocessing='adam_normalized' (the running RMS), got {preprocessing!r}"
+            )
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
         self.hidden_size = hidden_size
@@ -158,6 +171,7 @@ class CoordinatewiseLSTM(
         self.output = output
         self.magnitude_scale = float(magnitude_scale)
         self.update_clip = None if update_clip is None else float(update_clip)
+        self.gradient_rms_clip = None if gradient_rms_clip is None else float(gradient_rms_clip)
         self.num_inputs = self.inputs_per_value * (1 + len(self.momentum_decays)) + len(self.step_timescales)
         self.cells = nn.ModuleList(
             nn.LSTMCell(self.num_inputs if layer == 0 else hidden_size, hidden_size) for layer in range(num_layers)
@@ -185,6 +199,7 @@ class CoordinatewiseLSTM(
             "output": self.output,
             "magnitude_scale": self.magnitude_scale,
             "update_clip": self.update_clip,
+            "gradient_rms_clip": self.gradient_rms_clip,
         }
         defaults = inspect.signature(CoordinatewiseLSTM.__init__).parameters
         for name, value in extensions.items():
@@ -251,6 +266,14 @@ class CoordinatewiseLSTM(
             return values / (second_moment.sqrt() + ADAM_EPSILON)
         return values
 
+    def _clip_to_rms(self, grad: Tensor, previous_second_moment: Tensor, step: Tensor) -> Tensor:
+        """``grad`` clipped to ``gradient_rms_clip`` times the root of the bias-corrected second moment before
+        this step; coordinates without one (no gradient seen yet) keep theirs."""
+        beta2 = self.second_moment_decay
+        rms = (previous_second_moment / (1 - beta2 ** (step - 1).clamp_min(1))).sqrt()
+        bound = self.gradient_rms_clip * rms
+        return torch.where(previous_second_moment > 0, torch.maximum(torch.minimum(grad, bound), -bound), grad)
+
     def features(self, grad: Tensor, accumulators: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """The network's inputs for gradients ``grad`` of shape ``(n,)`` and the coordinates' accumulators (the
         tail of their state, shape ``(n, accumulator_size)``; ``None``: a first step): ``(inputs of shape
@@ -260,6 +283,8 @@ class CoordinatewiseLSTM(
         if not self.accumulator_size:
             return self._preprocess(grad.unsqueeze(-1), None), accumulators
         step = accumulators[:, -1] + 1
+        if self.gradient_rms_clip is not None:
+            grad = self._clip_to_rms(grad, accumulators[:, len(self.momentum_decays)], step)
         values, new = [grad], []
         for k, beta in enumerate(self.momentum_decays):
             momentum = beta * accumulators[:, k] + (1 - beta) * grad

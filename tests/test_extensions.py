@@ -84,6 +84,8 @@ def test_paper_config_is_unchanged_and_extensions_round_trip(tmp_path):
         ({"output": "tanh"}, "output"),
         ({"preprocessing": "adam"}, "preprocessing"),
         ({"update_clip": 0.0}, "update_clip"),
+        ({"preprocessing": "adam_normalized", "gradient_rms_clip": -1.0}, "gradient_rms_clip"),
+        ({"preprocessing": "log_sign", "gradient_rms_clip": 5.0}, "gradient_rms_clip"),
     ],
 )
 def test_bad_extension_options_are_named(kwargs, name):
@@ -319,12 +321,13 @@ def test_fine_tuning_can_add_inputs(tmp_path):
     tuned.train(progress=False)
     assert CoordinatewiseLSTM.from_pretrained(tmp_path / "tuned").step_timescales == (10.0, 1000.0, 5000.0)
 
+    bounds = {"update_clip": 0.5, "gradient_rms_clip": 4.0}
     clipped = MetaTrainer(
-        quick(iterations=1, init="default", network={"update_clip": 0.5}, init_weights=str(tmp_path / "first")),
+        quick(iterations=1, init="default", network=bounds, init_weights=str(tmp_path / "first")),
         tmp_path / "clipped",
     )
     start = CoordinatewiseLSTM.from_pretrained(tmp_path / "first")
-    assert clipped.network.update_clip == 0.5
+    assert clipped.network.update_clip == 0.5 and clipped.network.gradient_rms_clip == 4.0
     for name, tensor in start.state_dict().items():
         assert torch.equal(tensor, clipped.network.state_dict()[name]), name
     clipped.train(progress=False)
@@ -333,7 +336,7 @@ def test_fine_tuning_can_add_inputs(tmp_path):
     MetaTrainer(quick(iterations=2, seed=1), tmp_path / "first").train(progress=False)
     with pytest.raises(ValueError, match="sha256"):
         MetaTrainer(
-            quick(iterations=1, init="default", network={"update_clip": 0.5}, init_weights=str(tmp_path / "first")),
+            quick(iterations=1, init="default", network=bounds, init_weights=str(tmp_path / "first")),
             tmp_path / "clipped",
         ).train(resume=True, progress=False)
 
@@ -366,3 +369,28 @@ def test_update_clip_bounds_every_coordinate_and_leaves_small_updates_alone(tmp_
     assert CoordinatewiseLSTM.from_pretrained(tmp_path).update_clip == clip
     with pytest.raises(ValueError, match="update_clip"):
         LearnedOptimizer([torch.zeros(2, requires_grad=True)], weights=bounded, implementation="fused")
+
+
+def test_gradient_rms_clip_bounds_an_outlier_by_the_running_rms(tmp_path):
+    """A gradient far larger than its history enters the inputs and averages as ``clip * sqrt(vhat)``; smaller
+    gradients, first steps and coordinates that had no gradient yet pass unchanged."""
+    net = CoordinatewiseLSTM(**{**RICH, "gradient_rms_clip": 3.0})
+    v_index = len(RICH["momentum_decays"])
+    first = torch.tensor([0.0, 100.0, 1.0, 1.0, 1.0, 1.0])
+    _, accumulators = net.features(first, None)
+    torch.testing.assert_close(accumulators[:, v_index], 0.001 * first**2)  # a first step is not clipped
+    for _ in range(20):
+        _, accumulators = net.features(torch.tensor([0.0, 1.0, 1.0, -1.0, 1.0, -1.0]), accumulators)
+    step = accumulators[0, -1].item()
+    rms = (accumulators[:, v_index] / (1 - 0.999**step)).sqrt()
+    outlier = torch.tensor([7.0, 0.0, 0.1, -0.1, 1000.0, -1000.0]) * torch.cat((torch.ones(1), rms[1:]))
+    x, new = net.features(outlier, accumulators)
+    entered = (new[:, 1] - 0.9 * accumulators[:, 1]) / 0.1  # the gradient that entered the 0.9-momentum
+    expected = torch.cat((outlier[:4], 3.0 * rms[4:5], -3.0 * rms[5:6]))
+    torch.testing.assert_close(entered, expected, rtol=1e-4, atol=1e-6)
+    free = CoordinatewiseLSTM(**RICH)
+    free_x, _ = free.features(expected, accumulators)
+    torch.testing.assert_close(x, free_x)
+    assert net.config["gradient_rms_clip"] == 3.0 and "gradient_rms_clip" not in free.config
+    net.save_pretrained(tmp_path)
+    assert CoordinatewiseLSTM.from_pretrained(tmp_path).gradient_rms_clip == 3.0

@@ -36,6 +36,7 @@ NETWORK_FLAGS = (
     "output",
     "magnitude_scale",
     "update_clip",
+    "gradient_rms_clip",
 )
 """The ``train`` flags that make up ``TrainConfig.network`` (``CoordinatewiseLSTM`` arguments)."""
 
@@ -109,8 +110,8 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         metavar="WEIGHTS",
         help="start from these weights (packaged name, directory or hub repo id) and their network config, to which "
-        "--momentum-decays and --step-timescales can add inputs (zero weights at first) and --update-clip can set a "
-        "step bound; leave the other network flags at their defaults",
+        "--momentum-decays and --step-timescales can add inputs (zero weights at first) and --update-clip and "
+        "--gradient-rms-clip can set step bounds; leave the other network flags at their defaults",
     )
     p.add_argument("--validate-every", type=int, default=50, help="iterations between validations")
     p.add_argument("--validation-problems", type=int, default=10)
@@ -130,6 +131,12 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output", choices=list(OUTPUTS), default="additive")
     p.add_argument("--magnitude-scale", type=float, default=1.0, help="of the direction_magnitude output")
     p.add_argument("--update-clip", type=float, default=None, help="bound on each coordinate's update |u_t|")
+    p.add_argument(
+        "--gradient-rms-clip",
+        type=float,
+        default=None,
+        help="clip each gradient to this many times its running RMS before the inputs (adam_normalized only)",
+    )
     p.add_argument("--device", default="cpu", help="torch device for the network and the problems, e.g. cuda")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(network_defaults={name: p.get_default(name) for name in NETWORK_FLAGS})
@@ -163,7 +170,8 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
             flags = ", ".join("--" + name.replace("_", "-") for name in fixed)
             raise SystemExit(
                 f"--init-from {args.init_from}: the network comes from those weights (which can only gain inputs "
-                f"with --momentum-decays and --step-timescales, or take --update-clip); drop {flags}"
+                f"with --momentum-decays and --step-timescales, or take --update-clip and --gradient-rms-clip); "
+                f"drop {flags}"
             )
 
     config = TrainConfig(

@@ -29,7 +29,9 @@ VALIDATION_SEED = 10**9
 META_LOSSES = ("sum", "log")
 META_LR_SCHEDULES = ("constant", "cosine")
 INITIALISATIONS = ("default", "forget_bias", "adam")
-FINE_TUNING_CHANGES = ("momentum_decays", "step_timescales", "update_clip")
+STEP_BOUNDS = ("update_clip", "gradient_rms_clip")
+"""Network options that fine-tuning can set to any value: bounds that add no weights."""
+FINE_TUNING_CHANGES = ("momentum_decays", "step_timescales", *STEP_BOUNDS)
 """The network options that fine-tuning (``TrainConfig.init_weights``) may change in the starting weights' config."""
 
 
@@ -62,7 +64,8 @@ class TrainConfig:
     """Start from these weights instead (a packaged name, a directory or a hub repo id, as ``LearnedOptimizer``
     takes them): fine-tuning, e.g. on longer horizons.  ``network`` then holds changes to their config, which may
     only add ``momentum_decays`` or ``step_timescales`` (:meth:`CoordinatewiseLSTM.widened`: new inputs, zero
-    weights) or set ``update_clip``.  Resuming checks that the weights are still those the run started from.
+    weights) or set the step bounds ``update_clip`` and ``gradient_rms_clip``.  Resuming checks that the weights
+    are still those the run started from.
     They are validated before the first iteration and stay the result unless a later validation beats them."""
     param_scale: float | None = None
     """Random scaling (Lv et al. 2017): each training problem's coordinates rescaled by factors log-uniform in
@@ -239,7 +242,8 @@ class MetaTrainer:
             widened = start.widened(
                 momentum_decays=wanted.get("momentum_decays", ()), step_timescales=wanted.get("step_timescales", ())
             )
-            if {**widened.config, "update_clip": None} != {**wanted, "update_clip": None}:
+            unbounded = dict.fromkeys(STEP_BOUNDS)
+            if {**widened.config, **unbounded} != {**wanted, **unbounded}:
                 raise ValueError(
                     f"network={config.network!r} changes the config of init_weights={config.init_weights!r} "
                     f"({start_config!r}) beyond {', '.join(FINE_TUNING_CHANGES)} (new inputs: give the full lists, "
