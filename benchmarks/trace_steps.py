@@ -1,0 +1,72 @@
+"""Trace a learned optimizer's steps on one problem of the generalist suite, to see why a run jumps.
+
+    python benchmarks/trace_steps.py --task mnist-mlp --steps 10000 --weights l2l-general --out trace.jsonl
+                                     [--seed-index 0] [--data-dir DIR]
+
+Runs ``LearnedOptimizer(weights=W)`` at ``lr=1`` on the suite's problem ``--seed-index`` of ``--task`` (test split,
+the same problem and minibatches as ``benchmarks/generalist_suite.py``) and writes one JSON line per step: the loss
+before the step, the gradient's norm and largest entry, the update's norm and largest entry, how many coordinates
+moved by more than 0.01, how many hit the network's ``update_clip`` (if it has one), and the parameters' norm
+before the step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from learned_torch_optim import LearnedOptimizer, load_weights
+from learned_torch_optim.meta.evaluate import problem_seeds
+from learned_torch_optim.meta.files import atomic_write_text
+from learned_torch_optim.meta.tasks import get_task
+
+
+def trace(task: str, steps: int, weights: str, seed_index: int, data_dir: str | None) -> list[dict[str, float]]:
+    problem = get_task(task, split="test", data_dir=data_dir).problem(problem_seeds(0, seed_index + 1)[-1])
+    network = load_weights(weights)
+    params = torch.nn.Parameter(problem.init_params())
+    optimizer = LearnedOptimizer([params], weights=network, lr=1.0)
+    clip = network.update_clip
+    rows = []
+    for step in range(steps):
+        optimizer.zero_grad()
+        loss = problem.loss(params, problem.sample_batch())
+        loss.backward()
+        before = params.detach().clone()
+        optimizer.step()
+        update, grad = params.detach() - before, params.grad
+        rows.append(
+            {
+                "step": step,
+                "loss": loss.item() / problem.num_problems,
+                "grad_norm": grad.norm().item(),
+                "grad_max": grad.abs().max().item(),
+                "update_norm": update.norm().item(),
+                "update_max": update.abs().max().item(),
+                "moved_over_0.01": int((update.abs() > 0.01).sum()),
+                "at_update_clip": int((update.abs() >= clip * (1 - 1e-6)).sum()) if clip else 0,
+                "param_norm": before.norm().item(),
+            }
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", required=True)
+    parser.add_argument("--steps", type=int, required=True)
+    parser.add_argument("--weights", default="default")
+    parser.add_argument("--seed-index", type=int, default=0)
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    rows = trace(args.task, args.steps, args.weights, args.seed_index, args.data_dir)
+    atomic_write_text(args.out, "".join(json.dumps(row) + "\n" for row in rows))
+
+
+if __name__ == "__main__":
+    main()
