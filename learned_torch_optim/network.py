@@ -112,6 +112,8 @@ class CoordinatewiseLSTM(
         update_clip: bound on each coordinate's update ``|u_t|`` (none in the paper: ``None``).
         gradient_rms_clip: bound on each gradient in units of its running RMS ``sqrt(vhat_t-1)``
             (``"adam_normalized"`` only; none in the paper: ``None``).
+        **unknown: refused with a ``TypeError`` that names them (so a ``config.json`` with options this version
+            does not know fails to load instead of loading as another rule).
 
     Per-coordinate state is one flat vector of :attr:`state_size` floats: for each layer ``l`` the hidden state
     ``h_l`` followed by the cell state ``c_l``, then the accumulators of the extra inputs, if any.  Every argument
@@ -133,8 +135,15 @@ class CoordinatewiseLSTM(
         magnitude_scale: float = 1.0,
         update_clip: float | None = None,
         gradient_rms_clip: float | None = None,
+        **unknown: Any,
     ) -> None:
         super().__init__()
+        if unknown:
+            # Reached by config.json keys too (the hub mixin passes them on): refuse rather than run another rule.
+            raise TypeError(
+                f"CoordinatewiseLSTM got unknown option(s) {', '.join(map(repr, sorted(unknown)))}; in a config.json "
+                "this means weights written by a newer learned-torch-optim: upgrade it"
+            )
         if not isinstance(hidden_size, int) or hidden_size < 1:
             raise ValueError(f"hidden_size must be a positive integer, got {hidden_size!r}")
         if not isinstance(num_layers, int) or num_layers < 0:

@@ -1,6 +1,7 @@
 """Packaged weights: listing, checksums, the default name, and errors that name the weights."""
 
 import hashlib
+import json
 
 import pytest
 import torch
@@ -60,6 +61,17 @@ def test_folder_with_bad_safetensors_or_mismatched_config_is_named(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(WeightsError, match="config.json is missing"):
         load_weights(tmp_path / "empty")
+
+
+def test_config_with_an_option_this_version_does_not_know_is_refused_by_name(tmp_path):
+    """Weights from a newer version (an option added to config.json) must not load as another rule."""
+    CoordinatewiseLSTM().save_pretrained(tmp_path / "newer")
+    config = json.loads((tmp_path / "newer" / "config.json").read_text())
+    (tmp_path / "newer" / "config.json").write_text(json.dumps({**config, "future_option": 1.0}))
+    with pytest.raises(WeightsError, match="'future_option'.*newer learned-torch-optim"):
+        load_weights(tmp_path / "newer")
+    with pytest.raises(TypeError, match="future_option"):
+        CoordinatewiseLSTM.from_pretrained(tmp_path / "newer")
 
 
 def test_packaged_sets_in_the_repository_verify():
