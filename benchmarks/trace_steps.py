@@ -1,19 +1,21 @@
 """Trace a learned optimizer's steps on one problem of the generalist suite, to see why a run jumps.
 
     python benchmarks/trace_steps.py --task mnist-mlp --steps 10000 --weights l2l-general --out trace.jsonl
-                                     [--seed-index 0] [--data-dir DIR]
+                                     [--seed-index 0] [--data-dir DIR] [--cosine-lr]
 
 Runs ``LearnedOptimizer(weights=W)`` at ``lr=1`` on the suite's problem ``--seed-index`` of ``--task`` (test split,
 the same problem and minibatches as ``benchmarks/generalist_suite.py``) and writes one JSON line per step: the loss
 before the step, the gradient's norm and largest entry, the update's norm and largest entry, how many coordinates
 moved by more than 0.01, how many hit the network's ``update_clip`` (if it has one), and the parameters' norm
-before the step.
+before the step; then prints the mean loss and the mean loss per tenth of the run.  ``--cosine-lr`` decays ``lr``
+from 1 to 0 over the run (``torch.optim.lr_scheduler.CosineAnnealingLR``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 
 import torch
@@ -24,11 +26,14 @@ from learned_torch_optim.meta.files import atomic_write_text
 from learned_torch_optim.meta.tasks import get_task
 
 
-def trace(task: str, steps: int, weights: str, seed_index: int, data_dir: str | None) -> list[dict[str, float]]:
+def trace(
+    task: str, steps: int, weights: str, seed_index: int, data_dir: str | None, cosine_lr: bool = False
+) -> list[dict[str, float]]:
     problem = get_task(task, split="test", data_dir=data_dir).problem(problem_seeds(0, seed_index + 1)[-1])
     network = load_weights(weights)
     params = torch.nn.Parameter(problem.init_params())
     optimizer = LearnedOptimizer([params], weights=network, lr=1.0)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps) if cosine_lr else None
     clip = network.update_clip
     rows = []
     for step in range(steps):
@@ -37,6 +42,8 @@ def trace(task: str, steps: int, weights: str, seed_index: int, data_dir: str | 
         loss.backward()
         before = params.detach().clone()
         optimizer.step()
+        if schedule is not None:
+            schedule.step()
         update, grad = params.detach() - before, params.grad
         rows.append(
             {
@@ -62,10 +69,14 @@ def main() -> None:
     parser.add_argument("--seed-index", type=int, default=0)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--cosine-lr", action="store_true", help="decay lr from 1 to 0 over the run")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    rows = trace(args.task, args.steps, args.weights, args.seed_index, args.data_dir)
+    rows = trace(args.task, args.steps, args.weights, args.seed_index, args.data_dir, args.cosine_lr)
     atomic_write_text(args.out, "".join(json.dumps(row) + "\n" for row in rows))
+    losses = [row["loss"] for row in rows]
+    tenths = [statistics.fmean(losses[k * len(losses) // 10 : (k + 1) * len(losses) // 10]) for k in range(10)]
+    print(f"mean loss {statistics.fmean(losses):.4g}; per tenth: " + ", ".join(f"{v:.3g}" for v in tenths))
 
 
 if __name__ == "__main__":
