@@ -37,7 +37,7 @@ import torch
 from learned_torch_optim import LearnedOptimizer, load_weights
 from learned_torch_optim.meta.evaluate import HALF_DECADES, problem_seeds, run_optimizer
 from learned_torch_optim.meta.files import atomic_write_text
-from learned_torch_optim.meta.tasks import get_task
+from learned_torch_optim.meta.tasks import Problem, get_task
 
 SUITE: dict[str, int] = {
     "mnist-mlp-relu": 2000,
@@ -80,15 +80,20 @@ def _summary(curve: torch.Tensor) -> dict[str, Any]:
     }
 
 
-_TASKS: dict[str, Any] = {}
+_TASKS: dict[tuple[str, str | None], Any] = {}
+
+
+def suite_problem(task: str, seed_index: int, data_dir: str | None) -> Problem:
+    """Problem ``seed_index`` of ``task`` as the suite runs it: test split, the same for every optimizer."""
+    key = (task, data_dir)
+    if key not in _TASKS:
+        _TASKS[key] = get_task(task, split="test", data_dir=data_dir)
+    return _TASKS[key].problem(problem_seeds(0, seed_index + 1)[-1])
 
 
 def _run(job: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(1)
-    key = (job["task"], job["data_dir"])
-    if key not in _TASKS:
-        _TASKS[key] = get_task(job["task"], split="test", data_dir=job["data_dir"])
-    problem = _TASKS[key].problem(problem_seeds(0, job["seed_index"] + 1)[-1])
+    problem = suite_problem(job["task"], job["seed_index"], job["data_dir"])
     if job["optimizer"] == "adam":
 
         def make(params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:

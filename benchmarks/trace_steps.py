@@ -19,17 +19,16 @@ import statistics
 from pathlib import Path
 
 import torch
+from generalist_suite import suite_problem
 
 from learned_torch_optim import LearnedOptimizer, load_weights
-from learned_torch_optim.meta.evaluate import problem_seeds
 from learned_torch_optim.meta.files import atomic_write_text
-from learned_torch_optim.meta.tasks import get_task
 
 
 def trace(
     task: str, steps: int, weights: str, seed_index: int, data_dir: str | None, cosine_lr: bool = False
 ) -> list[dict[str, float]]:
-    problem = get_task(task, split="test", data_dir=data_dir).problem(problem_seeds(0, seed_index + 1)[-1])
+    problem = suite_problem(task, seed_index, data_dir)
     network = load_weights(weights)
     params = torch.nn.Parameter(problem.init_params())
     optimizer = LearnedOptimizer([params], weights=network, lr=1.0)
