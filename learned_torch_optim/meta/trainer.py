@@ -64,9 +64,9 @@ class TrainConfig:
     """Start from these weights instead (a packaged name, a directory or a hub repo id, as ``LearnedOptimizer``
     takes them): fine-tuning, e.g. on longer horizons.  ``network`` then holds changes to their config, which may
     only add ``momentum_decays`` or ``step_timescales`` (:meth:`CoordinatewiseLSTM.widened`: new inputs, zero
-    weights) or set the step bounds ``update_clip`` and ``gradient_rms_clip``.  Resuming checks that the weights
-    are still those the run started from.
-    They are validated before the first iteration and stay the result unless a later validation beats them."""
+    weights) or set the step bounds ``update_clip`` and ``gradient_rms_clip``.  They are validated before the first
+    iteration and stay the result unless a later validation beats them; resuming checks that the weights are still
+    those the run started from."""
     param_scale: float | None = None
     """Random scaling (Lv et al. 2017): each training problem's coordinates rescaled by factors log-uniform in
     ``[1/param_scale, param_scale]``, see :class:`RescaledProblem`."""
