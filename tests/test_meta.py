@@ -292,6 +292,26 @@ def test_resume_with_other_validation_settings_is_refused(tmp_path):
         MetaTrainer(quick_config(iterations=2, validation_problems=3), tmp_path).train(resume=True, progress=False)
 
 
+@pytest.mark.parametrize("second_derivatives", [False, True])
+def test_second_derivatives_give_the_exact_meta_gradient(second_derivatives):
+    """f(x) = x^2 from x = 1 with u = w g, w = -0.1: x_t = a^t with a = 1 + 2w, L = sum_{t<5} a^(2t).  Exactly,
+    dL/dw = sum_t 4t a^(2t-1); with the gradients as constants (the paper) dx_t/dw = sum_{s<t} 2 a^s instead."""
+    network = linear_identity_network().double()
+    with torch.no_grad():
+        network.readout.weight.fill_(-0.1)
+    a = 0.8
+    if second_derivatives:
+        expected = sum(4 * t * a ** (2 * t - 1) for t in range(5))
+    else:
+        expected = sum(2 * a**t * sum(2 * a**s for s in range(t)) for t in range(5))
+    start = torch.ones(1, dtype=torch.float64)
+    result = unroll(
+        network, Square(), start, network.initial_state(1).double(), 5, second_derivatives=second_derivatives
+    )
+    result.meta_loss.backward()
+    assert network.readout.weight.grad.item() == pytest.approx(expected, rel=1e-12)
+
+
 def test_meta_loss_final_adds_the_loss_after_the_last_update():
     """Golden first unroll with f(theta_T) too: dL/dw = sum_{t=0..5} 2 x (2t) = 60, dL/db = 30 at x = 1."""
     network = linear_identity_network()

@@ -79,6 +79,11 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         help="add f(theta_T), the loss after a truncation's last update, to its meta-loss (as the original code)",
     )
     p.add_argument(
+        "--second-derivatives",
+        action="store_true",
+        help="differentiate through the optimizee's gradients too (the exact meta-gradient; the paper drops it)",
+    )
+    p.add_argument(
         "--meta-loss",
         choices=["sum", "log"],
         default="sum",
@@ -184,6 +189,7 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         meta_batch_size=args.meta_batch_size,
         clip_grad_norm=args.clip_grad_norm,
         meta_loss_final=args.meta_loss_final,
+        second_derivatives=args.second_derivatives,
         meta_loss=args.meta_loss,
         init=args.init,
         init_weights=args.init_from,

@@ -53,6 +53,9 @@ class TrainConfig:
     clip_grad_norm: float | None = None
     meta_loss_final: bool = False
     """Add ``f(theta_T)`` to each truncation's meta-loss, as the original implementation does."""
+    second_derivatives: bool = False
+    """Differentiate through the optimizee's gradients too (the exact meta-gradient, Hessian-vector products of
+    the loss; the original implementation's ``second_derivatives`` flag).  The paper drops these terms."""
     meta_loss: str = "sum"
     """``"sum"``: the paper's sum of losses; ``"log"``: the sum of their logarithms (Wichrowska et al. 2017), where
     each step's loss is that of the iteration's problems together (their sum when ``meta_batch_size > 1``).
@@ -142,6 +145,7 @@ def meta_iteration(
     clip_grad_norm: float | None = None,
     include_final: bool = False,
     log_losses: bool = False,
+    second_derivatives: bool = False,
     average_across_processes: bool = False,
 ) -> float:
     """Optimise ``problem`` for ``horizon`` steps from its initial parameters and a zero LSTM state, with one
@@ -156,7 +160,14 @@ def meta_iteration(
     losses = []
     for _ in range(horizon // unroll_length):
         result = unroll(
-            network, problem, params, state, unroll_length, include_final=include_final, log_losses=log_losses
+            network,
+            problem,
+            params,
+            state,
+            unroll_length,
+            include_final=include_final,
+            log_losses=log_losses,
+            second_derivatives=second_derivatives,
         )
         meta_optimizer.zero_grad()
         (result.meta_loss / problem.num_problems).backward()
@@ -308,6 +319,7 @@ class MetaTrainer:
             "meta_batch_size",
             "clip_grad_norm",
             "meta_loss_final",
+            "second_derivatives",
             "meta_loss",
             "init",
             "init_weights",
@@ -397,6 +409,7 @@ class MetaTrainer:
             clip_grad_norm=self.config.clip_grad_norm,
             include_final=self.config.meta_loss_final,
             log_losses=self.config.meta_loss == "log",
+            second_derivatives=self.config.second_derivatives,
             average_across_processes=self.world_size > 1,
         )
 
@@ -493,6 +506,8 @@ class MetaTrainer:
             f"| meta-gradient clipping | {c.clip_grad_norm if c.clip_grad_norm is not None else 'none'} |",
             f"| meta-loss per truncation | {'log ' if c.meta_loss == 'log' else ''}f(theta_t) summed over "
             f"t = 0..{'T' if c.meta_loss_final else 'T-1'} |",
+            f"| optimizee gradients in the meta-gradient | "
+            f"{'differentiated (second derivatives)' if c.second_derivatives else 'constants (paper)'} |",
             f"| problems per iteration | {self.meta_batch_size} |",
             f"| iterations | {self.iteration} |",
             f"| seed | {c.seed} |",

@@ -10,6 +10,10 @@ Within one truncation of ``T`` steps, starting from ``theta_0`` and LSTM state `
     L(phi)           = sum_{t=0}^{T-1} f_t              # all weights w_t = 1 (paper eq. 3)
                      (+ f(theta_T) with include_final)
 
+With ``second_derivatives`` ``g_t`` is not a constant: the meta-gradient also flows through it (Hessian-vector
+products of ``f``), the exact gradient of ``L`` that the paper's assumption drops (the original implementation's
+``second_derivatives`` flag).
+
 With ``log_losses`` each ``f_t`` in ``L`` is replaced by ``log f_t`` (Wichrowska et al. 2017), which weighs every
 task and every stage of training alike whatever the loss's scale (the losses must be positive).
 
@@ -54,12 +58,14 @@ def unroll(
     *,
     include_final: bool = False,
     log_losses: bool = False,
+    second_derivatives: bool = False,
 ) -> UnrollResult:
     """Run ``steps`` optimizer steps of ``network`` on ``problem`` keeping the graph for the meta-gradient.
 
     ``params`` and ``state`` are detached here: a truncation never backpropagates into the previous one.  With
     ``include_final`` the meta-loss also has ``f(theta_T)``, the loss after the last update (on a fresh minibatch),
-    as in the original implementation, so that the last update of the truncation is judged too.
+    as in the original implementation, so that the last update of the truncation is judged too.  With
+    ``second_derivatives`` the meta-gradient also flows through the gradients ``g_t``.
     """
     params = params.detach().requires_grad_(True)
     state = state.detach()
@@ -71,7 +77,7 @@ def unroll(
 
     for _ in range(steps):
         loss = problem.loss(params, problem.sample_batch())
-        (grad,) = torch.autograd.grad(loss, params, retain_graph=True)
+        (grad,) = torch.autograd.grad(loss, params, retain_graph=True, create_graph=second_derivatives)
         meta_loss = meta_loss + term(loss)
         losses.append(loss.detach())
         update, state = network(grad, state)
