@@ -246,9 +246,13 @@ def test_cli_train_writes_weights_the_optimizer_loads(tmp_path, capsys):
     tune += ["--unroll", "10", "--meta-batch-size", "2", "--validation-problems", "1", "--no-progress"]
     with pytest.raises(SystemExit, match="drop --preprocessing, --output-scale"):
         cli_main([*tune, "--init-from", str(out), "--preprocessing", "identity", "--output-scale", "1.0"])
+    assert "| optimizee gradients in the meta-gradient | constants (paper) |" in card
     assert cli_main([*tune, "--init-from", str(out), "--validation-horizon", "30", "--step-timescales", "500"]) == 0
     tuned_card = (tmp_path / "tuned" / "README.md").read_text()
     assert f"from weights `{out}`" in tuned_card and "1, 30 steps each" in tuned_card
+    assert cli_main([*tune, "--out", str(tmp_path / "exact"), "--second-derivatives"]) == 0
+    exact_card = (tmp_path / "exact" / "README.md").read_text()
+    assert "| optimizee gradients in the meta-gradient | differentiated (second derivatives) |" in exact_card
     assert CoordinatewiseLSTM.from_pretrained(tmp_path / "tuned").input_names == ["g", "t500"]
 
 
