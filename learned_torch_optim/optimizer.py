@@ -119,11 +119,11 @@ class LearnedOptimizer(Optimizer):
             math of a block done by a compiled kernel: C++ built at first use on the CPU, Triton on CUDA devices
             (without a C++ compiler or Triton, by in-place torch operations, silently).  ``"blocked"``: the same
             with torch operations only.  ``"reference"``: all coordinates through one call of the network
-            (``CoordinatewiseLSTM.forward``), with temporaries of about 200 floats per coordinate.  ``"auto"``
+            (``CoordinatewiseLSTM.forward``), with temporaries of some 200 to 400 floats per coordinate.  ``"auto"``
             (default): ``"fused"`` on the CPU and ``"blocked"`` on CUDA (where the Triton kernel measured slower,
             see ``docs/performance.md``), and ``"reference"`` when traced by ``torch.compile`` (which fuses that
-            formulation itself) or when the network is not of the paper's form (``network.is_paper_rule``: the
-            fused kernels implement only that form; ``"fused"`` and ``"blocked"`` refuse other networks).
+            formulation itself).  Every network form runs on every implementation; the Triton kernel covers the
+            paper's form only (``network.is_paper_rule``), other forms run the blocked torch operations on CUDA.
         state_dtype: the dtype the LSTM state is stored in; ``torch.bfloat16`` halves its memory (the math stays
             fp32, the state is rounded when stored).
 
@@ -157,11 +157,6 @@ class LearnedOptimizer(Optimizer):
         defaults = dict(lr=lr, weight_decay=weight_decay, maximize=maximize)
         super().__init__(params, defaults)
         self.network = load_weights(weights, revision=revision)
-        if implementation in ("fused", "blocked") and not self.network.is_paper_rule:
-            raise ValueError(
-                f"implementation={implementation!r} supports only networks of the paper's form; weights "
-                f"{weights!r} have config {self.network.config} (use 'auto' or 'reference')"
-            )
         if state_dtype != torch.float32 and self.network.accumulator_size:
             raise ValueError(
                 f"state_dtype={state_dtype} would round the gradient accumulators (momenta, second moment, step "
@@ -236,7 +231,7 @@ class LearnedOptimizer(Optimizer):
             for (device, _), ((b_params, b_grads, b_states, b_steps), _) in buckets.items():
                 options = dict(lr=group["lr"], weight_decay=group["weight_decay"], maximize=group["maximize"])
                 if self.implementation == "reference" or (
-                    self.implementation == "auto" and (torch.compiler.is_compiling() or not self.network.is_paper_rule)
+                    self.implementation == "auto" and torch.compiler.is_compiling()
                 ):
                     network = self._network_on(device)
                     all_finite &= learned_step(b_params, b_grads, b_states, network=network, **options)

@@ -1,23 +1,58 @@
 """The fast step implementations (learned_torch_optim.kernels) against the one definition of the rule."""
 
 import io
+import math
 
 import pytest
 import torch
 
 from learned_torch_optim import CoordinatewiseLSTM, LearnedOptimizer
 from learned_torch_optim.kernels import BLOCK_SIZES, native, workspace_bytes
-from learned_torch_optim.kernels.blocked import Workspace, blocked_step, lstm_block, pack_network, plan_blocks
+from learned_torch_optim.kernels.blocked import (
+    Workspace,
+    blocked_step,
+    lstm_block,
+    pack_network,
+    plan_blocks,
+    random_state,
+)
 from learned_torch_optim.optimizer import learned_step
 
 CPU = torch.device("cpu")
+PAPER = dict(hidden_size=20, num_layers=2, preprocessing="log_sign")
+DEFAULT_FORM = dict(  # the options of the default weights (l2l-general), smaller
+    hidden_size=6,
+    num_layers=1,
+    preprocessing="adam_normalized",
+    output_scale=1e-3,
+    momentum_decays=[0.5, 0.9, 0.99],
+    step_timescales=[10.0, 100.0],
+    readout_skip=True,
+    output="direction_magnitude",
+    update_clip=0.05,
+    gradient_rms_clip=5.0,
+)
 CONFIGS = [
-    dict(hidden_size=20, num_layers=2, preprocessing="log_sign"),
+    PAPER,
     dict(hidden_size=7, num_layers=1, preprocessing="identity", output_scale=1.0),
     dict(hidden_size=5, num_layers=3, preprocessing="log_sign", preprocessing_p=5.0),
     dict(hidden_size=4, num_layers=0, preprocessing="log_sign"),
+    DEFAULT_FORM,
+    dict(DEFAULT_FORM, hidden_size=20, num_layers=2, update_clip=None, gradient_rms_clip=None, magnitude_scale=0.3),
+    dict(hidden_size=5, num_layers=2, preprocessing="log_sign", momentum_decays=[0.9], step_timescales=[30.0]),
+    dict(hidden_size=3, num_layers=1, preprocessing="identity", momentum_decays=[0.7], update_clip=0.2),
+    dict(hidden_size=4, num_layers=1, preprocessing="adam_normalized", second_moment_decay=0.9),
+    dict(hidden_size=4, num_layers=1, preprocessing="log_sign", step_timescales=[5.0], readout_skip=True),
+    dict(DEFAULT_FORM, num_layers=0),
 ]
 TOLERANCE = dict(rtol=1e-5, atol=1e-6)
+
+
+def config_id(config: dict) -> str:
+    options = [f"L{config['num_layers']}", config["preprocessing"]]
+    options += [name for name in ("momentum_decays", "step_timescales", "readout_skip") if config.get(name)]
+    options += [name for name in ("output", "update_clip", "gradient_rms_clip") if config.get(name)]
+    return "-".join(options)
 
 
 def make_network(config: dict, seed: int = 0) -> CoordinatewiseLSTM:
@@ -30,12 +65,23 @@ def make_network(config: dict, seed: int = 0) -> CoordinatewiseLSTM:
 
 
 def random_inputs(network: CoordinatewiseLSTM, n: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients over many magnitudes (both preprocessing branches, zeros) and random states."""
+    """Gradients over many magnitudes (both preprocessing branches, zeros) and random states a run could reach
+    (mixed step counts, second moments above the squared momenta, never-stepped coordinates)."""
     generator = torch.Generator().manual_seed(seed)
     grad = torch.randn(n, generator=generator) * torch.logspace(-9, 2, n)[torch.randperm(n, generator=generator)]
     grad[::11] = 0.0
-    state = 2 * torch.randn(n, network.state_size, generator=generator)
+    state = random_state(network, n, generator)
+    state[:, : network.lstm_state_size].mul_(2)
     return grad, state
+
+
+def states_for(network: CoordinatewiseLSTM, shapes: list[tuple[int, ...]], seed: int = 5) -> list[torch.Tensor]:
+    """Random reachable states (:func:`random_state`) for parameters of ``shapes``."""
+    generator = torch.Generator().manual_seed(seed)
+    return [random_state(network, math.prod(shape), generator).reshape(*shape, -1) for shape in shapes]
+
+
+TWO_FORMS = pytest.mark.parametrize("config", [PAPER, DEFAULT_FORM], ids=["paper", "default"])
 
 
 def native_kernel(packed):
@@ -45,7 +91,7 @@ def native_kernel(packed):
     return kernel
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"L{c['num_layers']}-{c['preprocessing']}")
+@pytest.mark.parametrize("config", CONFIGS, ids=config_id)
 @pytest.mark.parametrize("use_native", [False, True], ids=["torch", "native"])
 def test_block_math_equals_the_network(config, use_native):
     network = make_network(config)
@@ -68,8 +114,9 @@ def test_block_math_equals_the_network(config, use_native):
     torch.testing.assert_close(new_state, expected_state, **TOLERANCE)
 
 
-def test_native_kernel_splits_rows_across_threads():
-    network = make_network(CONFIGS[0])
+@TWO_FORMS
+def test_native_kernel_splits_rows_across_threads(config):
+    network = make_network(config)
     packed = pack_network(network, CPU)
     kernel = native_kernel(packed)
     grad, state = random_inputs(network, 5000)
@@ -111,17 +158,18 @@ def step_both_ways(network, params, grads, states, *, kernel, block_size=64, sta
     return results
 
 
+@TWO_FORMS
 @pytest.mark.parametrize("use_native", [False, True], ids=["torch", "native"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
-def test_blocked_step_equals_learned_step(use_native, dtype):
-    network = make_network(CONFIGS[0])
+def test_blocked_step_equals_learned_step(use_native, dtype, config):
+    network = make_network(config)
     kernel = native_kernel(pack_network(network, CPU)) if use_native else None
     torch.manual_seed(2)
     shapes = [(3, 50), (7,), (64,), (130,), ()]
     params = [torch.randn(shape).to(dtype) for shape in shapes]
     params[0] = params[0].t()  # a non-contiguous parameter
     grads = [torch.randn(p.shape).to(dtype) * 0.01 for p in params]
-    states = [torch.randn(*p.shape, network.state_size) for p in params]
+    states = states_for(network, shapes)
     for options in (
         dict(lr=1.0, weight_decay=0.0, maximize=False),
         dict(lr=0.3, weight_decay=0.1, maximize=True),
@@ -137,15 +185,16 @@ def test_blocked_step_equals_learned_step(use_native, dtype):
             torch.testing.assert_close(a, b, **tolerance)
 
 
+@TWO_FORMS
 @pytest.mark.parametrize("use_native", [False, True], ids=["torch", "native"])
-def test_non_finite_coordinates_keep_parameter_and_state(use_native):
-    network = make_network(CONFIGS[0])
+def test_non_finite_coordinates_keep_parameter_and_state(use_native, config):
+    network = make_network(config)
     kernel = native_kernel(pack_network(network, CPU)) if use_native else None
     torch.manual_seed(3)
     params = [torch.randn(100), torch.randn(9)]
     grads = [torch.randn(100), torch.randn(9)]
     grads[0][[3, 70, 71]] = torch.tensor([float("nan"), float("inf"), -float("inf")])
-    states = [torch.randn(100, network.state_size), torch.randn(9, network.state_size)]
+    states = states_for(network, [(100,), (9,)])
     options = dict(lr=0.5, weight_decay=0.1, maximize=False)
     (finite_ref, p_ref, s_ref), (finite, p, s) = step_both_ways(
         network, params, grads, states, kernel=kernel, **options
@@ -157,12 +206,13 @@ def test_non_finite_coordinates_keep_parameter_and_state(use_native):
     assert torch.equal(s[0][[3, 70, 71]], states[0][[3, 70, 71]])
 
 
+@TWO_FORMS
 @pytest.mark.parametrize("use_native", [False, True], ids=["torch", "native"])
-def test_zero_lr_is_an_exact_no_op_on_parameters(use_native):
-    network = make_network(CONFIGS[0])
+def test_zero_lr_is_an_exact_no_op_on_parameters(use_native, config):
+    network = make_network(config)
     kernel = native_kernel(pack_network(network, CPU)) if use_native else None
     params, grads = [torch.randn(300)], [torch.randn(300)]
-    states = [torch.randn(300, network.state_size)]
+    states = states_for(network, [(300,)])
     (_, _, s_ref), (_, p, s) = step_both_ways(
         network, params, grads, states, kernel=kernel, lr=0.0, weight_decay=0.5, maximize=False
     )
@@ -170,12 +220,12 @@ def test_zero_lr_is_an_exact_no_op_on_parameters(use_native):
     torch.testing.assert_close(s[0], s_ref[0], **TOLERANCE)
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"L{c['num_layers']}-{c['preprocessing']}")
+@pytest.mark.parametrize("config", CONFIGS, ids=config_id)
 def test_blocked_step_of_every_network_shape(config):
     network = make_network(config)
     packed = pack_network(network, CPU)
     params, grads = [torch.randn(200), torch.randn(30)], [torch.randn(200), torch.randn(30)]
-    states = [torch.randn(200, network.state_size), torch.randn(30, network.state_size)]
+    states = states_for(network, [(200,), (30,)])
     (_, p_ref, s_ref), (_, p, s) = step_both_ways(
         network, params, grads, states, kernel=native.load(packed), lr=1.0, weight_decay=0.0, maximize=False
     )
@@ -184,7 +234,7 @@ def test_blocked_step_of_every_network_shape(config):
 
 
 def test_bf16_state_is_stored_rounded_and_computed_in_fp32():
-    network = make_network(CONFIGS[0])
+    network = make_network(PAPER)
     params, grads = [torch.randn(150)], [torch.randn(150) * 0.01]
     states = [torch.randn(150, network.state_size)]
     for kernel in (None, native.load(pack_network(network, CPU))):
@@ -236,7 +286,9 @@ def train(model, optimizer, steps: int, start: int = 0) -> None:
         optimizer.step()
 
 
-def test_implementations_agree_over_several_steps(network):
+@TWO_FORMS
+def test_implementations_agree_over_several_steps(config):
+    network = make_network(config)
     finals = {}
     for implementation in ("reference", "blocked", "fused", "auto"):
         model = make_model()
@@ -254,6 +306,31 @@ def test_implementations_agree_over_several_steps(network):
     for implementation in ("blocked", "fused", "auto"):
         for a, b in zip(finals[implementation], finals["reference"]):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "first, second", [("fused", "reference"), ("reference", "blocked"), ("blocked", "fused")], ids="-then-".join
+)
+def test_a_checkpoint_of_one_implementation_resumes_on_another(first, second):
+    network = make_network(DEFAULT_FORM)
+    straight_model = make_model()
+    straight = LearnedOptimizer(straight_model.parameters(), weights=network, implementation="reference")
+    train(straight_model, straight, 6)
+
+    model = make_model()
+    optimizer = LearnedOptimizer(model.parameters(), weights=network, implementation=first)
+    train(model, optimizer, 3)
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, buffer)
+    buffer.seek(0)
+    checkpoint = torch.load(buffer, weights_only=True)
+    resumed = make_model()
+    resumed.load_state_dict(checkpoint["model"])
+    resumed_optimizer = LearnedOptimizer(resumed.parameters(), weights=network, implementation=second)
+    resumed_optimizer.load_state_dict(checkpoint["optimizer"])
+    train(resumed, resumed_optimizer, 3, start=3)
+    for a, b in zip(resumed.parameters(), straight_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_unknown_implementation_or_state_dtype_is_refused(network):
@@ -301,8 +378,10 @@ def test_bf16_state_resumes_bit_exactly_in_its_dtype(network, param_dtype):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@TWO_FORMS
 @pytest.mark.parametrize("implementation", ["fused", "blocked"])
-def test_cuda_step_equals_the_reference(network, implementation):
+def test_cuda_step_equals_the_reference(implementation, config):
+    network = make_network(config)
     finals = []
     for chosen in ("reference", implementation):
         torch.manual_seed(0)

@@ -2,12 +2,12 @@
 
 The kernel is plain C++ with GCC/Clang vector extensions and no torch headers, so it builds in about a second with
 the system compiler (``$CXX``, else ``c++``/``g++``/``clang++``) and ``-march=native``, specialised to the network's
-shape.  The shared library is cached under ``$LEARNED_TORCH_OPTIM_CACHE`` (default
-``~/.cache/learned_torch_optim/kernels``) keyed by the source, the flags, the compiler and the CPU's feature flags;
-it is called through :mod:`ctypes`.  Whenever something is missing or fails (no compiler, a build or load error, a
-result that differs from :func:`~learned_torch_optim.kernels.blocked.lstm_block` on
-:func:`~learned_torch_optim.kernels.blocked.check_kernel`), :func:`load`
-returns ``None`` and the blocked torch path is used instead; the reason is kept in :data:`last_failure`.
+form (:func:`form`: its shape and which options it uses; the options' values are passed at each call).  The shared
+library is cached under ``$LEARNED_TORCH_OPTIM_CACHE`` (default ``~/.cache/learned_torch_optim/kernels``) keyed by
+the source, the flags, the compiler and the CPU's feature flags; it is called through :mod:`ctypes`.  Whenever
+something is missing or fails (no compiler, a build or load error, a result that differs from
+:func:`~learned_torch_optim.kernels.blocked.lstm_block` on :func:`~learned_torch_optim.kernels.blocked.check_kernel`),
+:func:`load` returns ``None`` and the blocked torch path is used instead; the reason is kept in :data:`last_failure`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from .blocked import PackedNetwork, check_kernel
 
 SOURCE = Path(__file__).with_name("lstm_cpu.cpp")
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-pthread")
-ABI_VERSION = 2
+ABI_VERSION = 3
+PREPROCESSING_CODES = {"identity": 0, "log_sign": 1, "adam_normalized": 2}
 
 last_failure: str | None = None
 """Why the last :func:`load` returned ``None`` (``None`` when it succeeded or was not tried)."""
@@ -58,21 +59,45 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
-class NativeKernel:
-    """The loaded library for one network shape: :meth:`__call__` runs the rule on a block of coordinates."""
+Form = tuple[int, int, int, int, int, int, int, int, int]
+"""What a build is specialised to (the kernel's compile-time constants, in the order of ``lto_config``): hidden
+size, layers, preprocessing code, number of momentum decays, number of step timescales, read-out skip, outputs,
+update clip, gradient RMS clip."""
 
-    def __init__(self, library: ctypes.CDLL, hidden: int, padded_gates: int) -> None:
+
+def form(packed: PackedNetwork) -> Form:
+    """The compile-time form of ``packed``'s network."""
+    network = packed.network
+    return (
+        network.hidden_size,
+        network.num_layers,
+        PREPROCESSING_CODES[network.preprocessing],
+        len(network.momentum_decays),
+        len(network.step_timescales),
+        int(network.readout_skip),
+        packed.num_outputs,
+        int(network.update_clip is not None),
+        int(network.gradient_rms_clip is not None),
+    )
+
+
+class NativeKernel:
+    """The loaded library for one network form: :meth:`__call__` runs the rule on a block of coordinates."""
+
+    def __init__(self, library: ctypes.CDLL, hidden: int, padded_gates: int, config_floats: int) -> None:
         self._rows = library.lto_lstm_rows
         self._rows.restype = None
         self._rows.argtypes = [ctypes.c_int64, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
-        self._rows.argtypes += [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_float] * 4
+        self._rows.argtypes += [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
         self.hidden = hidden
         self.padded_gates = padded_gates
+        self.config_floats = config_floats
 
-    def pack(self, packed: PackedNetwork) -> Tensor:
+    def pack(self, packed: PackedNetwork) -> tuple[Tensor, Tensor]:
         """The weights as the kernel reads them: per layer ``[W_ih, W_hh]^T`` (gate order i, f, o, g, the g columns
         doubled so that ``tanh(g) = 2 sigmoid(2g) - 1``, zero columns up to ``padded_gates``) and the bias likewise,
-        then the read-out weight and bias; one flat fp32 tensor."""
+        then the read-out weight (outputs x inputs) and bias; one flat fp32 tensor.  And the options' values in the
+        order of ``struct Config`` in ``lstm_cpu.cpp`` (decays and timescales padded to at least one entry)."""
         hidden, width = self.hidden, self.padded_gates
         scale = torch.ones(4 * hidden)
         scale[3 * hidden :] = 2.0
@@ -82,12 +107,24 @@ class NativeKernel:
             table[:-1, : 4 * hidden] = weight.t().cpu() * scale
             table[-1, : 4 * hidden] = bias.cpu() * scale
             parts.append(table.reshape(-1))
-        parts += [packed.readout_weight.cpu(), packed.readout_bias.cpu()]
-        return torch.cat(parts).contiguous()
+        parts += [packed.readout_weight.cpu().reshape(-1), packed.readout_bias.cpu()]
+        network = packed.network
+        p = network.preprocessing_p
+        betas = list(network.momentum_decays) or [0.0]
+        config = [p, math.exp(-p), math.exp(p), network.output_scale, network.magnitude_scale]
+        config += [network.update_clip or 0.0, network.gradient_rms_clip or 0.0]
+        config += [network.second_moment_decay, 1 - network.second_moment_decay]
+        config += [*betas, *(1 - beta for beta in betas), *(list(network.step_timescales) or [1.0])]
+        if len(config) != self.config_floats:
+            raise RuntimeError(f"kernel library expects {self.config_floats} option values, got {len(config)}")
+        return torch.cat(parts).contiguous(), torch.tensor(config, dtype=torch.float32)
 
-    def __call__(self, packed: PackedNetwork, weights: Tensor, grad: Tensor, state: Tensor, update: Tensor) -> None:
+    def __call__(
+        self, packed: PackedNetwork, weights: tuple[Tensor, Tensor], grad: Tensor, state: Tensor, update: Tensor
+    ) -> None:
         """``update = u`` and ``state`` updated in place for the ``m`` coordinates of ``grad`` (all fp32, CPU;
         ``grad`` and ``update`` contiguous, ``state`` with contiguous rows)."""
+        table, config = weights
         self._rows(
             grad.shape[0],
             torch.get_num_threads(),
@@ -95,23 +132,24 @@ class NativeKernel:
             state.data_ptr(),
             state.stride(0),
             update.data_ptr(),
-            weights.data_ptr(),
-            packed.preprocessing_p,
-            math.exp(-packed.preprocessing_p),
-            math.exp(packed.preprocessing_p),
-            packed.output_scale,
+            table.data_ptr(),
+            config.data_ptr(),
         )
 
 
-def _build(hidden: int, layers: int, inputs: int) -> Path:
+DEFINES = ("HIDDEN", "LAYERS", "PREPROCESSING", "MOMENTA", "TIMESCALES", "READOUT_SKIP", "OUTPUTS")
+DEFINES += ("UPDATE_CLIP", "RMS_CLIP")
+
+
+def _build(shape: Form) -> Path:
     compiler = _compiler()
     if compiler is None:
         raise RuntimeError("no C++ compiler found ($CXX, c++, g++, clang++)")
     source = SOURCE.read_text()
-    defines = (f"-DLTO_HIDDEN={hidden}", f"-DLTO_LAYERS={layers}", f"-DLTO_INPUTS={inputs}")
+    defines = tuple(f"-DLTO_{name}={value}" for name, value in zip(DEFINES, shape))
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=False).stdout
     key = hashlib.sha256("\n".join([source, *FLAGS, *defines, compiler, version, _cpu_flags()]).encode()).hexdigest()
-    target = cache_dir() / f"lstm_cpu_h{hidden}_l{layers}_i{inputs}_{key[:16]}.so"
+    target = cache_dir() / f"lstm_cpu_{'_'.join(map(str, shape))}_{key[:16]}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -127,28 +165,29 @@ def _build(hidden: int, layers: int, inputs: int) -> Path:
 
 
 @cache
-def _load(hidden: int, layers: int, inputs: int) -> NativeKernel:
-    library = ctypes.CDLL(str(_build(hidden, layers, inputs)))
+def _load(shape: Form) -> NativeKernel:
+    library = ctypes.CDLL(str(_build(shape)))
     if library.lto_abi_version() != ABI_VERSION:
         raise RuntimeError("stale kernel library")
-    h, n, i, g = (ctypes.c_int() for _ in range(4))
-    library.lto_config(ctypes.byref(h), ctypes.byref(n), ctypes.byref(i), ctypes.byref(g))
-    if (h.value, n.value, i.value) != (hidden, layers, inputs):
-        raise RuntimeError("kernel library built for another network shape")
-    return NativeKernel(library, hidden, g.value)
+    built = (ctypes.c_int * (len(shape) + 1))()
+    padded_gates = ctypes.c_int()
+    library.lto_config(built, ctypes.byref(padded_gates))
+    if tuple(built[: len(shape)]) != shape:
+        raise RuntimeError("kernel library built for another network form")
+    return NativeKernel(library, shape[0], padded_gates.value, built[len(shape)])
 
 
 def load(packed: PackedNetwork) -> NativeKernel | None:
-    """The compiled kernel for ``packed``'s shape, or ``None`` where it cannot be used (reason in
+    """The compiled kernel for ``packed``'s form, or ``None`` where it cannot be used (reason in
     :data:`last_failure`).  Only networks with at least one LSTM layer have one."""
     global last_failure
     if packed.num_layers == 0:
         return None
-    key = (packed.hidden_size, packed.num_layers, packed.num_inputs)
+    key = form(packed)
     if key in _failed:
         return None
     try:
-        kernel = _load(*key)
+        kernel = _load(key)
         if key not in _checked:
             check_kernel(kernel, packed, torch.device("cpu"))
             _checked.add(key)
@@ -159,5 +198,5 @@ def load(packed: PackedNetwork) -> NativeKernel | None:
     return kernel
 
 
-_failed: set[tuple[int, int, int]] = set()
-_checked: set[tuple[int, int, int]] = set()
+_failed: set[Form] = set()
+_checked: set[Form] = set()

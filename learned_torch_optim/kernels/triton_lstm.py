@@ -38,10 +38,11 @@ _failed: set[tuple[int, int, int, torch.device]] = set()
 
 
 def load(packed: PackedNetwork, device: torch.device) -> TritonKernel | None:
-    """The kernel for ``packed`` on ``device`` (CUDA, Triton installed, at least one LSTM layer), checked once per
-    network shape and device by :func:`.blocked.check_kernel`; else ``None`` (reason in :data:`last_failure`)."""
+    """The kernel for ``packed`` on ``device`` (CUDA, Triton installed, a network of the paper's form with at least
+    one LSTM layer), checked once per network shape and device by :func:`.blocked.check_kernel`; else ``None``
+    (reason in :data:`last_failure`)."""
     global last_failure
-    if triton is None or device.type != "cuda" or not packed.num_layers:
+    if triton is None or device.type != "cuda" or not packed.num_layers or not packed.network.is_paper_rule:
         return None
     key = (packed.hidden_size, packed.num_layers, packed.num_inputs, device)
     if key in _failed:
@@ -165,17 +166,17 @@ class TritonKernel:
             wh[layer, :, :hidden, :hidden] = gates[:, :, fan_in:].transpose(1, 2)
             bias[layer, :, :hidden] = b.view(4, hidden)
         readout = torch.zeros(width, device=device)
-        readout[:hidden] = packed.readout_weight
-        return wx, wh, bias, readout, float(packed.readout_bias)
+        readout[:hidden] = packed.readout_weight[0]
+        return wx, wh, bias, readout, float(packed.readout_bias[0])
 
     def __call__(self, packed: PackedNetwork, weights: tuple, grad: Tensor, state: Tensor, update: Tensor) -> None:
         """``update = u`` and ``state`` updated in place for the ``m`` coordinates of ``grad`` (fp32)."""
         wx, wh, bias, readout, readout_bias = weights
         m = grad.shape[0]
-        p = packed.preprocessing_p
+        p = packed.network.preprocessing_p
         _lstm_rows[(triton.cdiv(m, BLOCK),)](
             grad, state, update, wx, wh, bias, readout, m, state.stride(0), p, math.exp(-p), math.exp(p),
-            packed.output_scale, readout_bias, H=packed.hidden_size, HP=padded_hidden(packed.hidden_size),
+            packed.network.output_scale, readout_bias, H=packed.hidden_size, HP=padded_hidden(packed.hidden_size),
             L=packed.num_layers, NI=packed.num_inputs, BLOCK=BLOCK,
         )  # fmt: skip
 
