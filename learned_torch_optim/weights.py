@@ -1,8 +1,9 @@
 """Resolving, verifying and identifying weight sets for the update rule.
 
-``load_weights`` is the one resolver.  In order, it accepts a :class:`CoordinatewiseLSTM` instance, a local
-directory written by ``save_pretrained``, the name of a packaged weight set, or a Hugging Face hub repo id
-(``org/name``) downloaded through ``huggingface_hub`` at ``revision``.
+``load_weights`` is the one resolver.  It accepts a :class:`CoordinatewiseLSTM` instance, a path (``os.PathLike``:
+always a local directory written by ``save_pretrained``), or a string: in order, the name of a packaged weight set
+(or ``"default"``), a local directory, or a Hugging Face hub repo id (``org/name``) downloaded through
+``huggingface_hub`` at ``revision``.
 """
 
 from __future__ import annotations
@@ -236,42 +237,57 @@ def load_weights(
     """Resolve ``weights`` to a :class:`CoordinatewiseLSTM` and record where it came from.
 
     Args:
-        weights: a network instance, a local ``save_pretrained`` directory, a packaged name (see
-            :func:`list_pretrained`; ``"default"`` is ``"l2l-general"``), or a hub repo id ``org/name``.
+        weights: a network instance; a path (``os.PathLike``), always a local ``save_pretrained`` directory; or a
+            string: a packaged name (see :func:`list_pretrained`; ``"default"`` is ``"l2l-general"``) even where a
+            local directory of that name exists (pass ``"./name"`` or a ``Path`` for that), else a local directory,
+            else a hub repo id ``org/name``.
         revision: branch, tag or commit of a hub repo; only meaningful for repo ids.
 
     The returned network carries ``weights_identity``, a :class:`WeightsIdentity`; for a hub repo its ``revision``
     is the commit the files were downloaded at (what ``revision`` resolved to).  An instance keeps the source and
     revision it was loaded with (``"<instance>"`` if none); its hash is always that of its current tensors.
     """
+    used_revision = None
     if isinstance(weights, CoordinatewiseLSTM):
         known = getattr(weights, "weights_identity", None)  # where it was loaded from, if it was
         network = weights
         source, used_revision = (known.source, known.revision) if known is not None else ("<instance>", None)
-    elif not isinstance(weights, (str, os.PathLike)):
+    elif isinstance(weights, os.PathLike):
+        folder = Path(weights)
+        if not folder.is_dir():
+            raise WeightsError(
+                f"weights {str(folder)!r}: no such directory (a path always names a local save_pretrained folder; "
+                "give a packaged name or a hub repo id as a string)"
+            )
+        network, source = _load_folder(folder, repr(str(folder))), str(folder.resolve())
+    elif not isinstance(weights, str):
         raise TypeError(
             f"weights must be a name, a path, a repo id or a CoordinatewiseLSTM, got {type(weights).__name__}"
         )
     else:
-        text = os.fspath(weights)
-        name = DEFAULT_WEIGHTS if text == "default" else text
-        packaged = packaged_root() / name
-        used_revision = None
-        if Path(text).is_dir():
-            network, source = _load_folder(Path(text), repr(text)), str(Path(text).resolve())
-        elif "/" not in name and (packaged / "config.json").is_file():
-            _verify_packaged(name, packaged)
-            network, source = _load_folder(packaged, f"packaged {name!r}"), name
-        elif _looks_like_repo_id(text):
-            try:
-                network, used_revision = _load_from_hub(text, revision)
-            except WeightsError as error:
-                raise WeightsError(f"{error} (nor is there a local directory {text!r})") from error
-            source = text
-        else:
-            available = ", ".join(sorted(list_pretrained())) or "none packaged"
+        name = DEFAULT_WEIGHTS if weights == "default" else weights
+        packaged = list_pretrained()
+        if name in packaged:
+            folder = packaged_root() / name
+            _verify_packaged(name, folder)
+            network, source = _load_folder(folder, f"packaged {name!r}"), name
+        elif weights == "default":
             raise WeightsError(
-                f"unknown weights {text!r}: not a local directory, a packaged name ({available}) "
+                f"the default weights, packaged {DEFAULT_WEIGHTS!r}, are missing from {packaged_root()}; the "
+                "installation is incomplete, reinstall learned-torch-optim"
+            )
+        elif Path(weights).is_dir():
+            network, source = _load_folder(Path(weights), repr(weights)), str(Path(weights).resolve())
+        elif _looks_like_repo_id(weights):
+            try:
+                network, used_revision = _load_from_hub(weights, revision)
+            except WeightsError as error:
+                raise WeightsError(f"{error} (nor is there a local directory {weights!r})") from error
+            source = weights
+        else:
+            available = ", ".join(sorted(packaged)) or "none packaged"
+            raise WeightsError(
+                f"unknown weights {weights!r}: not a packaged name ({available}), a local directory "
                 "or a hub repo id of the form 'org/name'"
             )
     network.weights_identity = WeightsIdentity(source, used_revision, weights_sha256(network))

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -102,3 +103,41 @@ def test_packaged_weights_resolve_in_the_installed_layout(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == DEFAULT_WEIGHTS
+
+
+def _other_weights(folder, **config):
+    """A save_pretrained folder of weights unlike the packaged fixture's (another seed and size)."""
+    torch.manual_seed(7)
+    CoordinatewiseLSTM(hidden_size=4, **config).save_pretrained(folder)
+    return folder
+
+
+def test_packaged_names_win_over_local_folders_of_that_name(packaged, tmp_path, monkeypatch):
+    """'default' and packaged names always mean the packaged set; './name' or a Path means the local folder."""
+    work = tmp_path / "work"
+    (work / "default").mkdir(parents=True)
+    monkeypatch.chdir(work)
+    packaged_sha = load_weights(packaged).weights_identity.sha256
+    assert load_weights("default").weights_identity.sha256 == packaged_sha  # an empty ./default is not looked at
+    (work / "default").rmdir()
+    local = _other_weights(work / "default")
+    _other_weights(work / DEFAULT_WEIGHTS)
+    for name in ("default", DEFAULT_WEIGHTS):
+        network = load_weights(name)
+        assert network.weights_identity.source == DEFAULT_WEIGHTS
+        assert network.weights_identity.sha256 == packaged_sha
+    local_sha = load_weights(local).weights_identity.sha256
+    assert local_sha != packaged_sha
+    for path in ("./default", local, work / DEFAULT_WEIGHTS, Path("default")):
+        network = load_weights(path)
+        assert network.hidden_size == 4 and network.weights_identity.source == str((work / Path(path)).resolve())
+    with pytest.raises(WeightsError, match="'missing': no such directory.*a path always names a local"):
+        load_weights(Path("missing"))
+
+
+def test_default_without_its_packaged_set_is_an_error_not_a_local_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(weights_module, "packaged_root", lambda: tmp_path / "empty-install")
+    monkeypatch.chdir(tmp_path)
+    _other_weights(tmp_path / "default")
+    with pytest.raises(WeightsError, match=f"default weights, packaged '{DEFAULT_WEIGHTS}', are missing"):
+        load_weights("default")
