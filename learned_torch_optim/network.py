@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,12 @@ from torch import Tensor, nn
 PREPROCESSINGS = ("log_sign", "identity", "adam_normalized")
 OUTPUTS = ("additive", "direction_magnitude")
 ADAM_EPSILON = 1e-8
+REQUIRED_CONFIG = ("hidden_size", "num_layers", "preprocessing", "preprocessing_p", "output_scale")
+"""The options every ``config.json`` states (``CoordinatewiseLSTM.config`` always writes them)."""
+MAX_HIDDEN_SIZE = 16384
+MAX_NUM_LAYERS = 256
+"""Bounds on a loaded ``config.json``'s sizes, far beyond any learned optimizer (the paper's: 20 and 2); above them
+a config is refused before anything is built from it."""
 
 _MODEL_CARD = """
 ---
@@ -79,9 +86,24 @@ def preprocess_log_sign(grad: Tensor, p: float) -> Tensor:
     return torch.stack((log_part, sign_part), dim=-1)
 
 
-def _is_decay(beta: float) -> bool:
+def _is_number(value: object) -> bool:
+    """Whether ``value`` is a real number (an ``int`` or ``float``, not a ``bool`` or a string)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_positive(value: object) -> bool:
+    """Whether ``value`` is a finite number above 0."""
+    return _is_number(value) and math.isfinite(value) and value > 0
+
+
+def _is_decay(beta: object) -> bool:
     """Whether ``beta`` is a usable decay: in [0, 1) also once rounded to fp32 (else ``1 - beta**t`` is 0)."""
-    return 0.0 <= beta < 1.0 and float(torch.tensor(beta, dtype=torch.float32)) < 1.0
+    return _is_number(beta) and 0.0 <= beta < 1.0 and float(torch.tensor(beta, dtype=torch.float32, device="cpu")) < 1.0
+
+
+def _is_list(value: object) -> bool:
+    """Whether ``value`` is a list or tuple (a sequence of values; not a string)."""
+    return isinstance(value, (list, tuple))
 
 
 class CoordinatewiseLSTM(
@@ -144,29 +166,35 @@ class CoordinatewiseLSTM(
                 f"CoordinatewiseLSTM got unknown option(s) {', '.join(map(repr, sorted(unknown)))}; in a config.json "
                 "this means weights written by a newer learned-torch-optim: upgrade it"
             )
-        if not isinstance(hidden_size, int) or hidden_size < 1:
+        if not isinstance(hidden_size, int) or isinstance(hidden_size, bool) or hidden_size < 1:
             raise ValueError(f"hidden_size must be a positive integer, got {hidden_size!r}")
-        if not isinstance(num_layers, int) or num_layers < 0:
+        if not isinstance(num_layers, int) or isinstance(num_layers, bool) or num_layers < 0:
             raise ValueError(f"num_layers must be a non-negative integer, got {num_layers!r}")
-        if preprocessing not in PREPROCESSINGS:
+        if not isinstance(preprocessing, str) or preprocessing not in PREPROCESSINGS:
             raise ValueError(f"preprocessing must be one of {PREPROCESSINGS}, got {preprocessing!r}")
-        if not preprocessing_p > 0:
-            raise ValueError(f"preprocessing_p must be positive, got {preprocessing_p!r}")
-        if any(not _is_decay(beta) for beta in momentum_decays):
-            raise ValueError(f"momentum_decays must lie in [0, 1) in fp32, got {list(momentum_decays)!r}")
+        for name, value in (
+            ("preprocessing_p", preprocessing_p),
+            ("output_scale", output_scale),
+            ("magnitude_scale", magnitude_scale),
+        ):
+            if not _is_positive(value):
+                raise ValueError(f"{name} must be a finite positive number, got {value!r}")
+        if not _is_list(momentum_decays) or not all(_is_decay(beta) for beta in momentum_decays):
+            raise ValueError(f"momentum_decays must be a list of numbers in [0, 1) in fp32, got {momentum_decays!r}")
         if not _is_decay(second_moment_decay):
-            raise ValueError(f"second_moment_decay must lie in [0, 1) in fp32, got {second_moment_decay!r}")
-        if any(not tau > 0 for tau in step_timescales):
-            raise ValueError(f"step_timescales must be positive, got {list(step_timescales)!r}")
-        if update_clip is not None and not update_clip > 0:
-            raise ValueError(f"update_clip must be positive or None, got {update_clip!r}")
-        if gradient_rms_clip is not None and not gradient_rms_clip > 0:
-            raise ValueError(f"gradient_rms_clip must be positive or None, got {gradient_rms_clip!r}")
+            raise ValueError(f"second_moment_decay must be a number in [0, 1) in fp32, got {second_moment_decay!r}")
+        if not _is_list(step_timescales) or not all(_is_positive(tau) for tau in step_timescales):
+            raise ValueError(f"step_timescales must be a list of finite positive numbers, got {step_timescales!r}")
+        if not isinstance(readout_skip, bool):
+            raise ValueError(f"readout_skip must be true or false, got {readout_skip!r}")
+        for name, value in (("update_clip", update_clip), ("gradient_rms_clip", gradient_rms_clip)):
+            if value is not None and not _is_positive(value):
+                raise ValueError(f"{name} must be a finite positive number or None (no clip), got {value!r}")
         if gradient_rms_clip is not None and preprocessing != "adam_normalized":
             raise ValueError(
                 f"gradient_rms_clip needs preprocessing='adam_normalized' (the running RMS), got {preprocessing!r}"
             )
-        if output not in OUTPUTS:
+        if not isinstance(output, str) or output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -176,7 +204,7 @@ class CoordinatewiseLSTM(
         self.momentum_decays = tuple(float(beta) for beta in momentum_decays)
         self.second_moment_decay = float(second_moment_decay)
         self.step_timescales = tuple(float(tau) for tau in step_timescales)
-        self.readout_skip = bool(readout_skip)
+        self.readout_skip = readout_skip
         self.output = output
         self.magnitude_scale = float(magnitude_scale)
         self.update_clip = None if update_clip is None else float(update_clip)
@@ -396,14 +424,34 @@ class CoordinatewiseLSTM(
         token: str | bool | None,
         **model_kwargs,
     ) -> CoordinatewiseLSTM:
-        """Load ``model.safetensors`` only (never a pickle), strictly: every tensor must match the config."""
+        """Load ``model.safetensors`` only (never a pickle), strictly, checking before allocating anything.
+
+        ``config.json`` must state :data:`REQUIRED_CONFIG`, within :data:`MAX_HIDDEN_SIZE` and :data:`MAX_NUM_LAYERS`;
+        the tensor names and shapes it implies (a network built on the ``meta`` device, which allocates nothing) must
+        equal those in the safetensors header, so that memory is bounded by the file's size; every tensor must be
+        floating point and finite.
+        """
         from huggingface_hub import hf_hub_download
+        from safetensors import safe_open
         from safetensors.torch import load_file
 
         for download_option in ("proxies", "resume_download"):  # passed by huggingface_hub < 1.0
             model_kwargs.pop(download_option, None)
-        model = cls(**model_kwargs)
-        if Path(model_id).is_dir():
+        local = Path(model_id).is_dir()
+        config_label = str(Path(model_id) / "config.json") if local else f"config.json of {model_id}"
+        missing = [name for name in REQUIRED_CONFIG if name not in model_kwargs]
+        if missing:
+            raise ValueError(
+                f"{config_label} does not state {', '.join(missing)}; a config.json must state at least "
+                f"{', '.join(REQUIRED_CONFIG)} (CoordinatewiseLSTM.save_pretrained writes them)"
+            )
+        for name, bound in (("hidden_size", MAX_HIDDEN_SIZE), ("num_layers", MAX_NUM_LAYERS)):
+            value = model_kwargs[name]
+            if isinstance(value, int) and value > bound:
+                raise ValueError(f"{config_label}: {name} {value} is beyond the bound for loaded weights ({bound})")
+        with torch.device("meta"):
+            expected = {name: tuple(tensor.shape) for name, tensor in cls(**model_kwargs).state_dict().items()}
+        if local:
             weights_file = str(Path(model_id) / "model.safetensors")
         else:
             weights_file = hf_hub_download(
@@ -415,5 +463,27 @@ class CoordinatewiseLSTM(
                 token=token,
                 local_files_only=local_files_only,
             )
-        model.load_state_dict(load_file(weights_file), strict=True)
+        with safe_open(weights_file, framework="pt") as header:
+            stored = {name: tuple(header.get_slice(name).get_shape()) for name in header.keys()}
+        if stored != expected:
+            differences = [
+                f"{name}: {stored.get(name, 'absent')} where the config needs {expected.get(name, 'none')}"
+                for name in sorted(stored.keys() | expected.keys())
+                if stored.get(name) != expected.get(name)
+            ]
+            raise ValueError(
+                f"{weights_file} does not hold the tensors that {config_label} describes ({'; '.join(differences)}); "
+                "the two files must come from one save_pretrained"
+            )
+        tensors = load_file(weights_file)
+        for name, tensor in sorted(tensors.items()):
+            if not tensor.is_floating_point():
+                raise ValueError(f"{weights_file}: tensor {name!r} has dtype {tensor.dtype}, not floating point")
+            if not torch.isfinite(tensor).all():
+                raise ValueError(
+                    f"{weights_file}: tensor {name!r} holds NaN or infinite values; these weights cannot be used "
+                    "(saved from a diverged run, or corrupt)"
+                )
+        model = cls(**model_kwargs)
+        model.load_state_dict(tensors, strict=True)
         return model.eval()

@@ -114,10 +114,24 @@ def _verify_packaged(name: str, folder: Path) -> None:
             )
 
 
+def _check_config(config_path: Path, label: str) -> None:
+    """Refuse a ``config.json`` that is not a JSON object (read before the hub mixin, which assumes one)."""
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise WeightsError(f"weights {label}: config.json ({config_path}) is not valid JSON: {error}") from error
+    if not isinstance(config, dict):
+        raise WeightsError(
+            f"weights {label}: config.json ({config_path}) holds a JSON {type(config).__name__}, not an object of "
+            'options ({"hidden_size": ..., ...}) as CoordinatewiseLSTM.save_pretrained writes it'
+        )
+
+
 def _load_folder(folder: Path, label: str) -> CoordinatewiseLSTM:
     for file_name in ("config.json", "model.safetensors"):
         if not (folder / file_name).is_file():
             raise WeightsError(f"weights {label}: {folder / file_name} is missing (expected a save_pretrained folder)")
+    _check_config(folder / "config.json", label)
     try:
         return CoordinatewiseLSTM.from_pretrained(folder)
     except Exception as error:  # safetensors, json and torch each raise their own types
@@ -217,10 +231,7 @@ def _load_from_hub(repo_id: str, revision: str | None) -> tuple[CoordinatewiseLS
     weights_path = _hub_download(repo_id, "model.safetensors", commit, label)
     _verify_hub_file(config_path, label, "config.json")
     _verify_hub_file(weights_path, label, "model.safetensors")
-    try:
-        json.loads(Path(config_path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise WeightsError(f"weights {label}: config.json ({config_path}) is not valid JSON: {error}") from error
+    _check_config(Path(config_path), label)
     try:
         # Both files are in the cache at this commit: from_pretrained reads them without another request.
         network = CoordinatewiseLSTM.from_pretrained(repo_id, revision=commit)

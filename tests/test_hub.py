@@ -380,6 +380,27 @@ def test_corrupt_or_mismatched_files_and_missing_repos_are_weights_errors(hub, t
         load_weights("org/no-config")
 
 
+def test_hostile_configs_in_a_hub_repo_are_refused_before_building_the_network(hub, tmp_path, monkeypatch):
+    """A hub repo cannot make a user allocate a network its files do not hold, nor load as all defaults."""
+    files = _weight_files(_weights_folder(tmp_path / "w", seed=1))
+    config = json.loads(files["config.json"])
+    hub.add_commit("org/huge", {**files, "config.json": json.dumps({**config, "hidden_size": 2000}).encode()})
+    hub.add_commit("org/list", {**files, "config.json": b"[20, 2]"})
+    hub.add_commit("org/empty", {**files, "config.json": b"{}"})
+    hub.add_commit("org/nan-scale", {**files, "config.json": json.dumps({**config, "output_scale": float("nan")}).encode()})
+    built = []
+    monkeypatch.setattr(torch.nn.LSTMCell, "reset_parameters", lambda cell: built.append(cell.weight_hh.device))
+    with pytest.raises(WeightsError, match=r"org/huge.*cannot load.*does not hold the tensors"):
+        load_weights("org/huge")
+    assert all(device.type == "meta" for device in built)
+    with pytest.raises(WeightsError, match=r"org/list.*config.json .* holds a JSON list, not an object"):
+        load_weights("org/list")
+    with pytest.raises(WeightsError, match=r"org/empty.*config.json of org/empty does not state hidden_size"):
+        load_weights("org/empty")
+    with pytest.raises(WeightsError, match=r"org/nan-scale.*output_scale must be a finite positive number"):
+        load_weights("org/nan-scale")
+
+
 def test_a_tampered_cache_file_fails_its_hub_checksum(hub, tmp_path):
     folder = _weights_folder(tmp_path / "w", seed=1)
     sha = hub.add_commit("org/l2l", _weight_files(folder))

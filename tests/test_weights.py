@@ -9,6 +9,7 @@ import torch
 
 from learned_torch_optim import CoordinatewiseLSTM, LearnedOptimizer, WeightsError, list_pretrained, load_weights
 from learned_torch_optim import weights as weights_module
+from learned_torch_optim.network import MAX_HIDDEN_SIZE, REQUIRED_CONFIG
 from learned_torch_optim.weights import DEFAULT_WEIGHTS
 
 
@@ -141,3 +142,89 @@ def test_default_without_its_packaged_set_is_an_error_not_a_local_folder(tmp_pat
     _other_weights(tmp_path / "default")
     with pytest.raises(WeightsError, match=f"default weights, packaged '{DEFAULT_WEIGHTS}', are missing"):
         load_weights("default")
+
+
+BAD_OPTIONS = [
+    ("hidden_size", True),
+    ("hidden_size", 20.0),
+    ("num_layers", "2"),
+    ("preprocessing", ["log_sign"]),
+    ("preprocessing_p", float("inf")),
+    ("output_scale", float("nan")),
+    ("output_scale", float("inf")),
+    ("output_scale", -0.1),
+    ("output_scale", "0.1"),
+    ("magnitude_scale", float("nan")),
+    ("magnitude_scale", -1.0),
+    ("magnitude_scale", "1"),
+    ("momentum_decays", "0.9"),
+    ("momentum_decays", ["0.9"]),
+    ("momentum_decays", [float("nan")]),
+    ("second_moment_decay", "0.999"),
+    ("step_timescales", [float("inf")]),
+    ("step_timescales", 10.0),
+    ("readout_skip", "false"),
+    ("output", None),
+    ("update_clip", float("inf")),
+    ("update_clip", "0.05"),
+]
+
+
+@pytest.mark.parametrize(("option", "value"), BAD_OPTIONS)
+def test_bad_option_values_are_refused_in_code_and_in_config_json(tmp_path, option, value):
+    with pytest.raises(ValueError, match=f"^{option} must be"):
+        CoordinatewiseLSTM(**{option: value})
+    folder = _other_weights(tmp_path / "weights")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, option: value}))
+    with pytest.raises(WeightsError, match=f"weights.*weights.*{option} must be"):
+        load_weights(folder)
+
+
+def test_config_json_must_be_an_object_stating_the_required_options(tmp_path):
+    folder = _other_weights(tmp_path / "weights")
+    (folder / "config.json").write_text("[20, 2]")
+    with pytest.raises(WeightsError, match=r"config.json \(.*weights/config.json\) holds a JSON list, not an object"):
+        load_weights(folder)
+    (folder / "config.json").write_text("{}")
+    with pytest.raises(WeightsError, match="does not state hidden_size, num_layers, preprocessing, preprocessing_p, "):
+        load_weights(folder)
+    (folder / "config.json").write_text('{"hidden_size": 4, "num_layers": 2}')
+    with pytest.raises(ValueError, match=r"weights/config.json does not state preprocessing, preprocessing_p"):
+        CoordinatewiseLSTM.from_pretrained(folder)
+
+
+def test_shipped_configs_state_the_required_options():
+    root = weights_module.packaged_root()
+    for name in list_pretrained():
+        config = json.loads((root / name / "config.json").read_text())
+        assert set(REQUIRED_CONFIG) <= set(config)
+
+
+@pytest.mark.parametrize("hidden_size", [2000, 10**12])
+def test_config_sizes_are_checked_before_anything_is_allocated(tmp_path, monkeypatch, hidden_size):
+    """A small config claiming a huge network fails at once, not after allocating the network it claims."""
+    folder = _other_weights(tmp_path / "hostile")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "hidden_size": hidden_size}))
+    allocated = []
+    monkeypatch.setattr(torch.nn.LSTMCell, "reset_parameters", lambda cell: allocated.append(cell.weight_hh.device))
+    expected = "beyond the bound" if hidden_size > MAX_HIDDEN_SIZE else r"does not hold the tensors.*\(16, 4\) where"
+    with pytest.raises(WeightsError, match=f"hostile.*{expected}"):
+        load_weights(folder)
+    assert all(device.type == "meta" for device in allocated)
+
+
+def test_non_finite_or_non_float_tensors_are_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = _other_weights(tmp_path / "nan")
+    tensors = load_file(folder / "model.safetensors")
+    tensors["readout.bias"] = torch.tensor([float("nan")])
+    save_file(tensors, folder / "model.safetensors")
+    with pytest.raises(WeightsError, match=r"nan.*model.safetensors: tensor 'readout.bias' holds NaN or infinite"):
+        load_weights(folder)
+    tensors["readout.bias"] = torch.tensor([1], dtype=torch.int32)
+    save_file(tensors, folder / "model.safetensors")
+    with pytest.raises(WeightsError, match="tensor 'readout.bias' has dtype torch.int32, not floating point"):
+        load_weights(folder)
