@@ -9,9 +9,10 @@ CPU), as ``implementation`` says.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -89,6 +90,20 @@ def learned_step(
     torch._foreach_copy_(real_params, [chunk.view_as(p) for chunk, p in zip(new_theta.split(numels), real_params)])
     torch._foreach_copy_(lstm_states, [chunk.view_as(s) for chunk, s in zip(new_state.split(numels), lstm_states)])
     return all_finite
+
+
+def _check_group_options(group: Mapping[str, Any], where: str) -> None:
+    """Refuse a saved group whose ``lr`` (required), ``weight_decay`` or ``maximize`` this optimizer cannot use."""
+    if "lr" not in group:
+        raise ValueError(f"{where} has no 'lr'; pass a state dict from LearnedOptimizer.state_dict()")
+    lr = group["lr"]
+    if isinstance(lr, Tensor):
+        lr = float(lr) if lr.numel() == 1 and not lr.is_complex() else None
+    for name, value in (("lr", lr), ("weight_decay", group.get("weight_decay", 0.0))):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+            raise ValueError(f"{where}: {name!r} must be a finite non-negative number, got {group[name]!r}")
+    if not isinstance(group.get("maximize", False), bool):
+        raise ValueError(f"{where}: 'maximize' must be True or False, got {group['maximize']!r}")
 
 
 def compiled_kernel_allowed(implementation: str, device: torch.device) -> bool:
@@ -261,32 +276,110 @@ class LearnedOptimizer(Optimizer):
         state_dict["weights_identity"] = self.network.weights_identity.as_dict()
         return state_dict
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+    def _param_labels(self) -> list[tuple[Tensor, str]]:
+        """Each parameter with its label: ``parameter i`` (its index across all groups, as in a state dict), and
+        its name where the group has ``param_names``."""
+        labels = []
+        for group in self.param_groups:
+            names = group.get("param_names")
+            for position, param in enumerate(group["params"]):
+                name = f" ({names[position]!r})" if names else ""
+                labels.append((param, f"parameter {len(labels)}{name}"))
+        return labels
+
+    def _check_state_dict(self, state_dict: Any) -> list[Any]:
+        """Refuse a state dict this optimizer cannot resume from, with the reason, before anything is changed:
+        its layout, the groups (count, sizes, ``lr``, ``weight_decay``, ``maximize``) and every parameter's
+        ``step`` and ``lstm_state`` (type, dtype, shape, finite values).  Warns when it was saved with other weights.
+        Returns the saved parameter ids in the order of this optimizer's parameters."""
+        where = "LearnedOptimizer.load_state_dict"
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"{where}: expected a dict from LearnedOptimizer.state_dict(), got {type(state_dict)}")
+        missing = [key for key in ("state", "param_groups") if key not in state_dict]
+        if missing:
+            raise ValueError(
+                f"{where}: the state dict has no {' or '.join(map(repr, missing))} (keys: {sorted(state_dict)}); "
+                "pass a dict from LearnedOptimizer.state_dict()"
+            )
+        saved_state, saved_groups = state_dict["state"], state_dict["param_groups"]
+        if not isinstance(saved_state, Mapping) or not all(isinstance(v, Mapping) for v in saved_state.values()):
+            raise ValueError(f"{where}: state_dict['state'] must map parameter ids to dicts of state")
+        if not isinstance(saved_groups, (list, tuple)) or not all(
+            isinstance(g, Mapping) and isinstance(g.get("params"), (list, tuple)) for g in saved_groups
+        ):
+            raise ValueError(f"{where}: state_dict['param_groups'] must be a list of dicts, each with a 'params' list")
         saved_identity = state_dict.get("weights_identity")
+        if saved_identity is not None and not isinstance(saved_identity, Mapping):
+            raise ValueError(f"{where}: state_dict['weights_identity'] must be a dict, got {saved_identity!r}")
         if saved_identity is not None and saved_identity.get("sha256") != self.network.weights_identity.sha256:
             warnings.warn(
-                f"LearnedOptimizer.load_state_dict: the saved LSTM state belongs to weights {saved_identity}, but "
-                f"this optimizer runs {self.network.weights_identity.as_dict()}; that state means nothing to "
-                "another network (call reset_state() to start afresh)",
+                f"{where}: the saved LSTM state belongs to weights {dict(saved_identity)}, but this optimizer runs "
+                f"{self.network.weights_identity.as_dict()}; that state means nothing to another network (call "
+                "reset_state() to start afresh)",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
-        saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
-        params = [p for group in self.param_groups for p in group["params"]]
-        for index, (param_id, param) in enumerate(zip(saved_ids, params)):
-            saved = state_dict["state"].get(param_id, {}).get(STATE_KEY)
-            expected = (*_real(param).shape, self.network.state_size)
-            if saved is not None and tuple(saved.shape) != expected:
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(
+                f"{where}: the state dict has {len(saved_groups)} parameter groups, this optimizer "
+                f"{len(self.param_groups)}; create the optimizer with the same groups it was saved with"
+            )
+        for index, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
+            if len(saved["params"]) != len(group["params"]):
                 raise ValueError(
-                    f"LearnedOptimizer.load_state_dict: the saved LSTM state of parameter {index} has shape "
-                    f"{tuple(saved.shape)}, but this parameter and network need {expected} (saved for weights "
-                    f"{saved_identity}, this optimizer runs {self.network.weights_identity.as_dict()})"
+                    f"{where}: parameter group {index} has {len(saved['params'])} parameters in the state dict, "
+                    f"{len(group['params'])} in this optimizer; create the optimizer with the same parameters"
                 )
+            _check_group_options(saved, f"{where}: parameter group {index}")
+        saved_ids = [i for group in saved_groups for i in group["params"]]
+        unknown = set(saved_state).difference(saved_ids)
+        if unknown:
+            raise ValueError(f"{where}: state_dict['state'] has entries {sorted(unknown, key=str)} for no parameter")
+        for param_id, (param, label) in zip(saved_ids, self._param_labels()):
+            if param_id in saved_state:
+                self._check_param_state(saved_state[param_id], param, f"{param_id!r}", label, saved_identity)
+        return saved_ids
+
+    def _check_param_state(
+        self, saved: Mapping[str, Any], param: Tensor, key: str, label: str, saved_identity: Mapping[str, Any] | None
+    ) -> None:
+        """Refuse the saved state ``state_dict['state'][key]`` of the parameter ``label`` unless it is ``step`` and
+        ``lstm_state`` as this optimizer keeps them, finite."""
+        where = f"LearnedOptimizer.load_state_dict: the saved state of {label}"
+        if set(saved) != {"step", STATE_KEY}:
+            raise ValueError(
+                f"{where} has keys {sorted(saved)}, not 'step' and {STATE_KEY!r}: it was not saved by a "
+                "LearnedOptimizer (another optimizer's state cannot be resumed; load none to start afresh)"
+            )
+        step, lstm_state = saved["step"], saved[STATE_KEY]
+        if not isinstance(step, Tensor) or step.dim() != 0 or not step.is_floating_point():
+            raise ValueError(f"{where}: 'step' must be a 0-dimensional floating-point tensor, got {step!r}")
+        if not isinstance(lstm_state, Tensor) or not lstm_state.is_floating_point():
+            kind = lstm_state.dtype if isinstance(lstm_state, Tensor) else type(lstm_state)
+            raise ValueError(f"{where}: {STATE_KEY!r} must be a floating-point tensor, got {kind}")
+        expected = (*_real(param).shape, self.network.state_size)
+        if tuple(lstm_state.shape) != expected:
+            raise ValueError(
+                f"LearnedOptimizer.load_state_dict: the saved LSTM state of {label} has shape "
+                f"{tuple(lstm_state.shape)}, but this parameter and network need {expected} (saved for weights "
+                f"{saved_identity}, this optimizer runs {self.network.weights_identity.as_dict()})"
+            )
+        if not 0 <= float(step) < math.inf or not torch.isfinite(_local(lstm_state)).all():
+            raise ValueError(
+                f"{where} holds NaN, infinite or negative values ('step' {float(step)}); resuming from it would turn "
+                "the parameter NaN. The checkpoint is corrupt or its run had diverged: load an earlier one, or delete "
+                f"state_dict['state'][{key}] to restart this parameter's state from zero"
+            )
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict from :meth:`state_dict`, after checking all of it (see ``_check_state_dict``)."""
+        saved_ids = self._check_state_dict(state_dict)
+        params = [p for group in self.param_groups for p in group["params"]]
         super().load_state_dict(state_dict)
         # The base class casts floating state to each parameter's dtype; the LSTM state is kept in state_dtype.
         for param_id, param in zip(saved_ids, params):
             saved = state_dict["state"].get(param_id)
-            if saved is not None and STATE_KEY in saved:
+            if saved is not None:
                 self.state[param][STATE_KEY] = saved[STATE_KEY].to(
                     device=param.device, dtype=self.state_dtype, copy=True
                 )

@@ -319,3 +319,75 @@ def test_non_contiguous_gradients_step_like_contiguous_ones(network):
     LearnedOptimizer([a], weights=network).step()
     LearnedOptimizer([b], weights=network).step()
     assert torch.equal(a, b)
+
+
+def _trained(network, steps: int = 1):
+    model = make_model()
+    optimizer = LearnedOptimizer(model.parameters(), weights=network)
+    train(model, optimizer, steps)
+    return model, optimizer
+
+
+def _assert_refused_and_unchanged(optimizer, state_dict, error, match):
+    before = copy.deepcopy(optimizer.state_dict())
+    with pytest.raises(error, match=match):
+        optimizer.load_state_dict(state_dict)
+    after = optimizer.state_dict()
+    assert after["param_groups"] == before["param_groups"]
+    assert after["state"].keys() == before["state"].keys()
+    for key, entry in before["state"].items():
+        assert all(torch.equal(value, after["state"][key][name]) for name, value in entry.items())
+
+
+def test_another_optimizers_state_dict_is_refused_before_anything_changes(network):
+    model, optimizer = _trained(network)
+    adam = torch.optim.Adam(model.parameters())
+    loss_of(model, 0).backward()
+    adam.step()
+    _assert_refused_and_unchanged(
+        optimizer, adam.state_dict(), ValueError, "parameter 0 has keys .*'exp_avg'.*not 'step' and 'lstm_state'"
+    )
+    train(model, optimizer, 1, start=1)
+
+
+def test_incomplete_or_mistyped_state_dicts_are_refused_naming_what_is_wrong(network):
+    _, optimizer = _trained(network)
+    good = optimizer.state_dict()
+
+    def edited(edit):
+        state_dict = copy.deepcopy(good)
+        edit(state_dict)
+        return state_dict
+
+    cases = [
+        (lambda sd: sd.pop("state"), "has no 'state'"),
+        (lambda sd: sd.pop("param_groups"), "has no 'param_groups'"),
+        (lambda sd: sd["param_groups"][0].pop("lr"), "parameter group 0 has no 'lr'"),
+        (lambda sd: sd["param_groups"][0].update(lr=float("nan")), "'lr' must be a finite non-negative number"),
+        (lambda sd: sd["param_groups"][0].update(weight_decay="0"), "'weight_decay' must be a finite non-negative"),
+        (lambda sd: sd["param_groups"][0].update(maximize=1), "'maximize' must be True or False"),
+        (lambda sd: sd["param_groups"].append(sd["param_groups"][0]), "has 2 parameter groups, this optimizer 1"),
+        (lambda sd: sd["param_groups"][0]["params"].pop(), "group 0 has 3 parameters in the state dict, 4 in this"),
+        (lambda sd: sd["state"].update({99: sd["state"][0]}), r"entries \[99\] for no parameter"),
+        (lambda sd: sd["state"][1].pop("step"), "parameter 1 has keys \\['lstm_state'\\], not 'step'"),
+        (lambda sd: sd["state"][1].update(step=3), "parameter 1: 'step' must be a 0-dimensional floating-point"),
+        (lambda sd: sd["state"][2].update(lstm_state=sd["state"][2]["lstm_state"].int()), "parameter 2: 'lstm_"),
+        (lambda sd: sd["state"][3].update(lstm_state=[0.0]), "'lstm_state' must be a floating-point tensor"),
+        (lambda sd: sd.update(weights_identity="x"), "'weights_identity'\\] must be a dict"),
+    ]
+    for edit, match in cases:
+        _assert_refused_and_unchanged(optimizer, edited(edit), ValueError, match)
+    _assert_refused_and_unchanged(optimizer, [good], TypeError, "expected a dict")
+
+
+@pytest.mark.parametrize(
+    ("key", "bad"), [("lstm_state", float("nan")), ("lstm_state", float("inf")), ("step", float("inf"))]
+)
+def test_non_finite_saved_state_is_refused(network, key, bad):
+    model, optimizer = _trained(network, steps=2)
+    state_dict = copy.deepcopy(optimizer.state_dict())
+    state_dict["state"][2][key].view(-1)[0] = bad
+    fresh = LearnedOptimizer(model.parameters(), weights=network)
+    with pytest.raises(ValueError, match=r"parameter 2 holds NaN, infinite.*delete state_dict\['state'\]\[2\]"):
+        fresh.load_state_dict(state_dict)
+    assert len(fresh.state) == 0
