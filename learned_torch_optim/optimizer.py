@@ -215,6 +215,12 @@ class LearnedOptimizer(Optimizer):
         for p in group["params"]:
             if p.grad is None:
                 continue
+            if not (p.is_floating_point() or p.is_complex()):
+                label = next(label for q, label in self._param_labels() if q is p)
+                raise TypeError(
+                    f"LearnedOptimizer: {label} has dtype {p.dtype}; only floating-point and complex parameters can "
+                    "be optimized (convert it, e.g. with .float(), or leave it out of the optimizer)"
+                )
             if p.grad.is_sparse:
                 raise RuntimeError("LearnedOptimizer does not support sparse gradients")
             state = self.state[p]

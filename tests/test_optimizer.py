@@ -391,3 +391,20 @@ def test_non_finite_saved_state_is_refused(network, key, bad):
     with pytest.raises(ValueError, match=r"parameter 2 holds NaN, infinite.*delete state_dict\['state'\]\[2\]"):
         fresh.load_state_dict(state_dict)
     assert len(fresh.state) == 0
+
+
+@pytest.mark.parametrize("implementation", ["auto", "reference"])
+def test_integer_parameters_are_refused_naming_dtype_and_index(network, implementation):
+    model = make_model()
+    counts = torch.arange(3)
+    counts.grad = torch.ones(3, dtype=torch.int64)
+    optimizer = LearnedOptimizer(
+        [{"params": list(model.parameters())}, {"params": [counts]}], weights=network, implementation=implementation
+    )
+    loss_of(model, 0).backward()
+    with pytest.raises(TypeError, match="parameter 4 has dtype torch.int64; only floating-point and complex"):
+        optimizer.step()
+    assert torch.equal(counts, torch.arange(3))
+    named = LearnedOptimizer([("weight", torch.nn.Parameter(torch.ones(2))), ("counts", counts)], weights=network)
+    with pytest.raises(TypeError, match="parameter 1 \\('counts'\\) has dtype torch.int64"):
+        named.step()
