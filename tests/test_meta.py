@@ -2,15 +2,17 @@
 
 import gzip
 import json
+import re
 import struct
 
 import pytest
 import torch
+from conftest import write_sha256sums
 
 from learned_torch_optim import CoordinatewiseLSTM, LearnedOptimizer
 from learned_torch_optim.meta import MetaTrainer, ModuleTask, Problem, Task, TrainConfig, get_task, unroll
 from learned_torch_optim.meta.cli import main as cli_main
-from learned_torch_optim.meta.data import DataNotFoundError, load_image_classification, read_idx
+from learned_torch_optim.meta.data import DataChecksumError, DataNotFoundError, load_image_classification, read_idx
 from learned_torch_optim.meta.trainer import meta_iteration
 
 
@@ -106,6 +108,7 @@ def make_fake_mnist(root, n=64):
     for prefix in ("train", "t10k"):
         write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", torch.randint(0, 256, (n, 28, 28), generator=gen))
         write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", torch.randint(0, 10, (n,), generator=gen))
+    write_sha256sums(folder)
     return root
 
 
@@ -132,6 +135,40 @@ def test_missing_data_offline_says_where_to_put_it(tmp_path, monkeypatch):
     monkeypatch.setattr("urllib.request.urlopen", offline)
     with pytest.raises(DataNotFoundError, match="--data-dir"):
         load_image_classification("mnist", "test", str(tmp_path / "empty"))
+
+
+def test_a_truncated_or_unlisted_data_file_is_refused_by_name(tmp_path):
+    root = make_fake_mnist(tmp_path / "data")
+    images = root / "mnist" / "train-images-idx3-ubyte.gz"
+    images.write_bytes(images.read_bytes()[:-100])
+    truncated = f"{re.escape(str(images))}: sha256 .* listed in .*SHA256SUMS; the file is truncated"
+    with pytest.raises(DataChecksumError, match=truncated):
+        load_image_classification("mnist", "train", str(root))
+    (root / "mnist" / "SHA256SUMS").unlink()
+    with pytest.raises(DataChecksumError, match="that of the standard mnist file") as error:
+        load_image_classification("mnist", "train", str(root))
+    assert str(images) in str(error.value) and "delete it" in str(error.value)
+    (root / "mnist" / "SHA256SUMS").write_text("not-a-hash  train-images-idx3-ubyte.gz\n")
+    with pytest.raises(DataChecksumError, match="SHA256SUMS, line 1"):
+        load_image_classification("mnist", "train", str(root))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_a_damaged_gzip_file_is_named(tmp_path, damage):
+    images = make_fake_mnist(tmp_path) / "mnist" / "train-images-idx3-ubyte.gz"
+    data = images.read_bytes()
+    images.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"garbage" * 100)
+    with pytest.raises(ValueError, match=f"{re.escape(str(images))}: not a whole gzip file .* replace it"):
+        read_idx(images)
+
+
+def test_a_missing_data_file_names_the_data_dir_given(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr("urllib.request.urlopen", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    given = tmp_path / "given"
+    with pytest.raises(DataNotFoundError) as error:
+        load_image_classification("mnist", "test", str(given))
+    assert f"Put the standard file at {given / 'mnist' / 't10k-images-idx3-ubyte.gz'}" in str(error.value)
 
 
 def test_unknown_task_is_named():
@@ -324,3 +361,4 @@ def test_meta_loss_final_adds_the_loss_after_the_last_update():
     assert network.readout.weight.grad.item() == pytest.approx(60.0)
     assert network.readout.bias.grad.item() == pytest.approx(30.0)
     assert result.meta_loss.item() == pytest.approx(6.0)
+

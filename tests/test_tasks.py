@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_sha256sums
 from test_meta import make_fake_mnist, write_idx
 
 from learned_torch_optim.meta.data import (
@@ -69,6 +70,8 @@ def fake_data(root: Path) -> Path:
     )
     (root / "tinyshakespeare").mkdir()
     (root / "tinyshakespeare" / "input.txt").write_text(TEXT, encoding="utf-8")
+    for folder in root.iterdir():
+        write_sha256sums(folder)
     return root
 
 
@@ -159,6 +162,7 @@ def test_cifar_reader_decodes_what_was_written(tmp_path):
     images, labels = rng.integers(0, 256, (5, 3, 32, 32)), rng.integers(0, 10, 5)
     (tmp_path / "cifar10-subset").mkdir()
     write_cifar(tmp_path / "cifar10-subset" / "test_batch_first1000.bin", images, labels)
+    write_sha256sums(tmp_path / "cifar10-subset")
     raw_images, raw_labels = read_cifar_binary(tmp_path / "cifar10-subset" / "test_batch_first1000.bin")
     assert np.array_equal(raw_images, images) and np.array_equal(raw_labels, labels)
     decoded, decoded_labels = load_cifar10_subset("test", str(tmp_path))
@@ -175,6 +179,7 @@ def test_mnist1d_reader_decodes_what_was_written_and_never_unpickles(tmp_path):
     arrays["y_test"] = rng.integers(0, 10, 2)
     (tmp_path / "mnist1d").mkdir()
     np.savez(tmp_path / "mnist1d" / "mnist1d_data.npz", **arrays)
+    write_sha256sums(tmp_path / "mnist1d")
     x, y = load_mnist1d("test", str(tmp_path))
     torch.testing.assert_close(x, torch.tensor(arrays["x_test"], dtype=torch.float32))
     assert y.tolist() == arrays["y_test"].tolist()
@@ -187,6 +192,7 @@ def test_text_reader_splits_90_10_with_the_whole_vocabulary(tmp_path):
     text = "abcabcabcz"  # 'z' only in the test part; still in the vocabulary
     (tmp_path / "tinyshakespeare").mkdir()
     (tmp_path / "tinyshakespeare" / "input.txt").write_text(text, encoding="utf-8")
+    write_sha256sums(tmp_path / "tinyshakespeare")
     train, vocabulary = load_text("train", str(tmp_path))
     test, vocabulary_test = load_text("test", str(tmp_path))
     assert vocabulary == vocabulary_test == "abcz"

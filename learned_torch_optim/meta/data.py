@@ -2,7 +2,9 @@
 
 A data directory holds one folder per dataset (``DIR/mnist/train-images-idx3-ubyte.gz``, ...).  It is, in
 order: the ``data_dir`` argument (``--data-dir``), the ``LEARNED_TORCH_OPTIM_DATA`` environment variable, or the
-user cache ``~/.cache/learned_torch_optim/data``, where missing files are downloaded and checked.
+user cache ``~/.cache/learned_torch_optim/data``, where missing files are downloaded.  Every file read is checked
+by sha256: against the standard file's, or against the folder's ``SHA256SUMS`` (``sha256sum`` output) where it
+lists the file, for data of one's own in a standard format.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import gzip
 import hashlib
 import os
 import urllib.request
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +23,9 @@ import torch
 from .files import atomic_write, cache_root
 
 DATA_ENV = "LEARNED_TORCH_OPTIM_DATA"
+CHECKSUMS = "SHA256SUMS"
+"""A dataset folder's own list of sha256 sums, which takes precedence over the standard files' for the files it
+lists."""
 
 _IDX_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -76,6 +82,10 @@ class DataNotFoundError(FileNotFoundError):
     """A dataset file is neither in the data directory nor downloadable; the message says where to put it."""
 
 
+class DataChecksumError(ValueError):
+    """A dataset file whose sha256 is not the expected one; the message names the file and says what to do."""
+
+
 def default_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/learned_torch_optim/data``, by default ``~/.cache/learned_torch_optim/data``."""
     return cache_root() / "data"
@@ -94,9 +104,36 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _download(dataset: str, file_name: str, target: Path) -> None:
+def _expected_sha256(dataset: str, path: Path) -> tuple[str, str]:
+    """The sha256 ``path`` must have, and where it is from: the folder's ``SHA256SUMS``, else the standard file's."""
+    sums = path.parent / CHECKSUMS
+    if sums.is_file():
+        for number, line in enumerate(sums.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            digest, _, name = line.strip().partition(" ")
+            if name.lstrip(" *") != path.name:
+                continue
+            if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest.lower()):
+                raise DataChecksumError(f"{sums}, line {number}: {digest!r} is not a sha256 in hex; correct it")
+            return digest.lower(), f"listed in {sums}"
+    return DATASETS[dataset]["sha256"][path.name], f"that of the standard {dataset} file"
+
+
+def _check_sha256(dataset: str, path: Path) -> None:
+    """Raise :class:`DataChecksumError` unless ``path`` has its expected sha256 (see :func:`_expected_sha256`)."""
+    expected, source = _expected_sha256(dataset, path)
+    actual = _sha256(path)
+    if actual != expected:
+        again = ", or delete it to have it downloaded into the cache" if DATASETS[dataset]["urls"] else ""
+        raise DataChecksumError(
+            f"{path}: sha256 {actual} is not {expected}, {source}; the file is truncated, damaged or another one. "
+            f"Replace it with the standard file{again}; for data of your own in this format, list its sha256 in "
+            f"{path.parent / CHECKSUMS} (as sha256sum prints it)"
+        )
+
+
+def _download(dataset: str, file_name: str, target: Path) -> str | None:
+    """Download a standard file to ``target``; ``None`` when done, else why not."""
     expected = DATASETS[dataset]["sha256"][file_name]
-    target.parent.mkdir(parents=True, exist_ok=True)
     errors = []
     for base in DATASETS[dataset]["urls"]:
         try:
@@ -108,36 +145,41 @@ def _download(dataset: str, file_name: str, target: Path) -> None:
         if hashlib.sha256(payload).hexdigest() != expected:
             errors.append(f"{base + file_name}: sha256 mismatch")
             continue
+        target.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(target, lambda handle, data=payload: handle.write(data), "wb")
-        return
-    reason = "; ".join(errors) if errors else "it has no stable download URL"
-    raise DataNotFoundError(
-        f"{dataset} file {file_name} is not in {target.parent} and could not be downloaded "
-        f"({reason}). Put the standard file at {target}, or pass --data-dir DIR (or set {DATA_ENV}) "
-        f"where DIR/{dataset}/{file_name} exists."
-    )
+        return None
+    return "; ".join(errors) if errors else "it has no stable download URL"
 
 
 def dataset_file(dataset: str, file_name: str, data_dir: str | os.PathLike | None = None) -> Path:
-    """Path of a standard dataset file, downloading it into the cache when it is absent there."""
-    root = resolve_data_dir(data_dir)
-    path = root / dataset / file_name
-    if path.is_file():
-        return path
+    """Path of a standard dataset file, checked by sha256: in the data directory, else in the cache, where it is
+    downloaded when absent."""
+    path = resolve_data_dir(data_dir) / dataset / file_name
     cached = default_cache_dir() / dataset / file_name
-    if cached.is_file():
+    for found in (path, cached):
+        if found.is_file():
+            _check_sha256(dataset, found)
+            return found
+    reason = _download(dataset, file_name, cached)
+    if reason is None:
         return cached
-    _download(dataset, file_name, cached)
-    if _sha256(cached) != DATASETS[dataset]["sha256"][file_name]:
-        raise DataNotFoundError(f"{cached}: checksum mismatch after download")
-    return cached
+    where = f"neither at {path} nor at {cached}" if path != cached else f"not at {path}"
+    raise DataNotFoundError(
+        f"{dataset} file {file_name} is {where} and could not be downloaded ({reason}). Put the standard "
+        f"file at {path}, or pass --data-dir DIR (or set {DATA_ENV}) where DIR/{dataset}/{file_name} exists."
+    )
 
 
 def read_idx(path: Path) -> np.ndarray:
     """Decode one IDX file (optionally gzip-compressed): big-endian header, then unsigned bytes."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        raw = handle.read()
+    try:
+        with opener(path, "rb") as handle:
+            raw = handle.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as error:
+        raise ValueError(
+            f"{path}: not a whole gzip file ({type(error).__name__}: {error}); replace it with the standard file"
+        ) from error
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise ValueError(f"{path}: not an IDX file of unsigned bytes")
     ndim = raw[3]
