@@ -387,7 +387,8 @@ def test_hostile_configs_in_a_hub_repo_are_refused_before_building_the_network(h
     hub.add_commit("org/huge", {**files, "config.json": json.dumps({**config, "hidden_size": 2000}).encode()})
     hub.add_commit("org/list", {**files, "config.json": b"[20, 2]"})
     hub.add_commit("org/empty", {**files, "config.json": b"{}"})
-    hub.add_commit("org/nan-scale", {**files, "config.json": json.dumps({**config, "output_scale": float("nan")}).encode()})
+    nan_scale = json.dumps({**config, "output_scale": float("nan")}).encode()
+    hub.add_commit("org/nan-scale", {**files, "config.json": nan_scale})
     built = []
     monkeypatch.setattr(torch.nn.LSTMCell, "reset_parameters", lambda cell: built.append(cell.weight_hh.device))
     with pytest.raises(WeightsError, match=r"org/huge.*cannot load.*does not hold the tensors"):

@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import os
 import re
 import struct
 
@@ -362,3 +363,14 @@ def test_meta_loss_final_adds_the_loss_after_the_last_update():
     assert network.readout.bias.grad.item() == pytest.approx(30.0)
     assert result.meta_loss.item() == pytest.approx(6.0)
 
+
+def test_run_files_get_the_mode_open_gives(tmp_path):
+    umask = os.umask(0o027)
+    try:
+        MetaTrainer(quick_config(iterations=1), tmp_path).train(progress=False)
+    finally:
+        os.umask(umask)
+    modes = {path.name: oct(path.stat().st_mode & 0o777) for path in tmp_path.iterdir()}
+    assert modes == dict.fromkeys(
+        ["config.json", "model.safetensors", "README.md", "checkpoint.pt", "metrics.jsonl"], oct(0o640)
+    )

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..network import CoordinatewiseLSTM
 from ..weights import load_weights
-from .files import atomic_write, atomic_write_text
+from .files import atomic_write, atomic_write_text, file_mode
 from .tasks import Problem, RescaledProblem, Task, get_task
 from .unroll import log_loss, unroll
 
@@ -469,7 +469,8 @@ class MetaTrainer:
         return self.out_dir
 
     def save_weights(self) -> None:
-        """Write the best network with ``save_pretrained`` (config, safetensors, model card) into ``out_dir``."""
+        """Write the best network with ``save_pretrained`` (config, safetensors, model card) into ``out_dir``, the
+        files with :func:`file_mode` (``save_pretrained`` writes the safetensors file private)."""
         best = CoordinatewiseLSTM(**self.config.network)
         best.load_state_dict(self.best_state)
         tmp = self.out_dir / ".weights.tmp"
@@ -477,7 +478,9 @@ class MetaTrainer:
         for stale in tmp.iterdir():
             stale.unlink()
         best.save_pretrained(tmp, model_card_kwargs={"recipe": self.recipe_markdown()})
+        mode = file_mode()
         for produced in tmp.iterdir():
+            os.chmod(produced, mode)
             os.replace(produced, self.out_dir / produced.name)
         tmp.rmdir()
 
