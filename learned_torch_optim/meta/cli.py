@@ -64,7 +64,17 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None, help="folder with one sub-folder per dataset (DIR/mnist/...)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last checkpoint",
+    )
+    start.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="train into --out even if it holds another run or other files (the files the run writes are replaced)",
+    )
     p.add_argument("--horizon", type=int, default=100, help="optimizee steps per problem")
     p.add_argument("--unroll", type=int, default=20, help="truncation length of BPTT")
     p.add_argument("--meta-lr", type=float, default=1e-3, help="Adam learning rate of the meta-optimizer")
@@ -203,10 +213,10 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         data_dir=args.data_dir,
         device=device,
         network=network,
-        command="learned-torch-optim " + " ".join(shlex.quote(a) for a in argv if a != "--resume"),
+        command="learned-torch-optim " + " ".join(shlex.quote(a) for a in argv if a not in ("--resume", "--overwrite")),
     )
     trainer = MetaTrainer(config, args.out)
-    out = trainer.train(resume=args.resume, progress=not args.no_progress)
+    out = trainer.train(resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     if trainer.rank == 0:
         print(f"weights written to {out} (load with LearnedOptimizer(params, weights={str(out)!r}))")
     if trainer.world_size > 1:

@@ -40,3 +40,8 @@ def atomic_write(path: Path, write: Callable[[Any], object], mode: str = "w") ->
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda handle: handle.write(text))
+
+
+def temporaries(path: Path) -> list[Path]:
+    """The temporary files of :func:`atomic_write` for ``path``: a process killed while writing leaves them."""
+    return sorted(path.parent.glob(f".{path.name}.*.tmp"))

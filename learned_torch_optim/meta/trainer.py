@@ -7,6 +7,7 @@ import copy
 import json
 import math
 import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -19,12 +20,27 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..network import CoordinatewiseLSTM
 from ..weights import load_weights
-from .files import atomic_write, atomic_write_text, file_mode
+from .files import atomic_write, atomic_write_text, file_mode, temporaries
 from .tasks import Problem, RescaledProblem, Task, get_task
 from .unroll import log_loss, unroll
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
+WEIGHTS_TMP = ".weights.tmp"
+"""The folder ``save_weights`` writes into before moving the files into place."""
+CHECKPOINT_KEYS = (
+    "config",
+    "iteration",
+    "network",
+    "meta_optimizer",
+    "generator",
+    "torch_rng",
+    "world_size",
+    "best_metric",
+    "best_network",
+    "elapsed",
+)
+"""The entries of a checkpoint that resuming needs."""
 VALIDATION_SEED = 10**9
 META_LOSSES = ("sum", "log")
 META_LR_SCHEDULES = ("constant", "cosine")
@@ -133,6 +149,23 @@ class TrainConfig:
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The rows of a ``metrics.jsonl``; a line that is not a row is an error naming the file and the line."""
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict) or not isinstance(row.get("iteration"), int):
+            raise ValueError(
+                f"{path}, line {number}: {line[:60]!r} is not a metrics row (a JSON object with an integer "
+                '"iteration"): repair or delete that line, or delete the file to resume without the log so far'
+            )
+        rows.append(row)
+    return rows
 
 
 def meta_iteration(
@@ -297,16 +330,35 @@ class MetaTrainer:
         }
 
     def save_checkpoint(self) -> None:
-        """Write ``checkpoint.pt`` and ``metrics.jsonl`` atomically (rank 0; the others wait for it)."""
+        """Write ``metrics.jsonl``, then ``checkpoint.pt``, each atomically (rank 0; the others wait for it).  In this
+        order a kill at any point leaves the log at or past the checkpoint, and resuming drops the rows past it."""
         if self.rank == 0:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.out_dir / CHECKPOINT, lambda handle: torch.save(self._checkpoint(), handle), "wb")
             _write_jsonl(self.out_dir / METRICS, self.rows)
+            atomic_write(self.out_dir / CHECKPOINT, lambda handle: torch.save(self._checkpoint(), handle), "wb")
         if self.world_size > 1:
             dist.barrier()
 
+    def _read_checkpoint(self) -> dict[str, Any]:
+        """``checkpoint.pt`` of ``out_dir``; one that cannot be read or lacks an entry is an error naming it."""
+        path = self.out_dir / CHECKPOINT
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # a damaged file fails in the zip reader, the unpickler or the storage reader
+            problem = f"cannot be read ({type(error).__name__})"
+        else:
+            missing = [key for key in CHECKPOINT_KEYS if key not in checkpoint] if isinstance(checkpoint, dict) else []
+            if isinstance(checkpoint, dict) and not missing and isinstance(checkpoint["config"], dict):
+                return checkpoint
+            problem = f"lacks {', '.join(missing)}" if missing else "is not a meta-training checkpoint"
+        raise ValueError(
+            f"{path} {problem}: it is damaged or not a checkpoint of learned_torch_optim, so the run cannot be "
+            "resumed; start it over with --overwrite instead of --resume, or choose another --out"
+        )
+
     def load_checkpoint(self) -> None:
-        checkpoint = torch.load(self.out_dir / CHECKPOINT, map_location="cpu", weights_only=True)
+        """Continue the run in ``out_dir`` from its checkpoint and log."""
+        checkpoint = self._read_checkpoint()
         saved = TrainConfig.from_dict(checkpoint["config"])
         for name in (
             "task",
@@ -365,7 +417,7 @@ class MetaTrainer:
         self.best_state = checkpoint["best_network"]
         self.elapsed = checkpoint["elapsed"]
         metrics = self.out_dir / METRICS
-        rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
+        rows = _read_metrics(metrics) if metrics.exists() else []
         self.rows = [row for row in rows if row["iteration"] <= self.iteration]
 
     # -- one iteration -----------------------------------------------------------------------------------------
@@ -427,13 +479,22 @@ class MetaTrainer:
         return metric if math.isfinite(metric) else math.inf
 
     # -- the run -----------------------------------------------------------------------------------------------
-    def train(self, *, resume: bool = False, progress: bool = True) -> Path:
-        """Run to ``config.iterations``; returns the weights directory (``out_dir``)."""
-        if (self.out_dir / CHECKPOINT).exists():
-            if not resume:
-                raise FileExistsError(
-                    f"{self.out_dir / CHECKPOINT} exists: pass --resume to continue that run, or choose another --out"
-                )
+    def train(self, *, resume: bool = False, overwrite: bool = False, progress: bool = True) -> Path:
+        """Run to ``config.iterations``; returns the weights directory (``out_dir``).
+
+        ``resume`` continues the run in ``out_dir`` from its checkpoint.  A folder that holds another run, or files
+        but no run, is refused unless ``overwrite``: the run then starts there and replaces the files it writes."""
+        if resume and overwrite:
+            raise ValueError("--resume continues the run in --out, --overwrite starts a new one there: choose one")
+        resuming = (self.out_dir / CHECKPOINT).exists() and not overwrite
+        if resuming and not resume:
+            raise FileExistsError(
+                f"{self.out_dir / CHECKPOINT} exists: pass --resume to continue that run, --overwrite to start a new "
+                "one in its place, or choose another --out"
+            )
+        if self.rank == 0:
+            self._prepare_out_dir(resuming=resuming, overwrite=overwrite)
+        if resuming:
             self.load_checkpoint()
         bar = tqdm(
             total=self.config.iterations,
@@ -468,12 +529,40 @@ class MetaTrainer:
             self.save_weights()
         return self.out_dir
 
+    def _prepare_out_dir(self, *, resuming: bool, overwrite: bool) -> None:
+        """Before any training: refuse an ``out_dir`` with files of others unless ``overwrite``, remove what a killed
+        run left (and, unless resuming, its checkpoint and log), and check that the folder can be written."""
+        out = self.out_dir
+        run_files = [out / CHECKPOINT, out / METRICS]
+        leftovers = [*temporaries(out / CHECKPOINT), *temporaries(out / METRICS)]
+        if out.is_dir():
+            if not resuming and not overwrite:
+                ours = {path.name for path in run_files + leftovers} | {WEIGHTS_TMP}
+                others = sorted(path.name for path in out.iterdir() if path.name not in ours)
+                if others:
+                    raise FileExistsError(
+                        f"--out {out} is not empty ({', '.join(others[:4])}{', ...' if len(others) > 4 else ''}) "
+                        "and holds no run to resume: choose a new or empty folder, or pass --overwrite to train into "
+                        "it anyway (config.json, model.safetensors, README.md, checkpoint.pt and metrics.jsonl there "
+                        "are replaced)"
+                    )
+            for path in leftovers if resuming else run_files + leftovers:
+                path.unlink(missing_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=out):
+                pass
+        except OSError as error:
+            raise ValueError(
+                f"--out {out} cannot be written ({error.strerror or error}): choose a folder you can write to"
+            ) from error
+
     def save_weights(self) -> None:
         """Write the best network with ``save_pretrained`` (config, safetensors, model card) into ``out_dir``, the
         files with :func:`file_mode` (``save_pretrained`` writes the safetensors file private)."""
         best = CoordinatewiseLSTM(**self.config.network)
         best.load_state_dict(self.best_state)
-        tmp = self.out_dir / ".weights.tmp"
+        tmp = self.out_dir / WEIGHTS_TMP
         tmp.mkdir(parents=True, exist_ok=True)
         for stale in tmp.iterdir():
             stale.unlink()
