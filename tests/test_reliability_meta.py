@@ -181,3 +181,30 @@ def test_a_bad_metrics_line_is_named(tmp_path):
     metrics.write_text(lines[0] + "\n{not json\n")
     with pytest.raises(ValueError, match=r"metrics.jsonl, line 2: '\{not json' is not a metrics row"):
         MetaTrainer(quick_config(iterations=3), tmp_path).train(resume=True, progress=False)
+
+
+# -- item 11: resuming with another command --------------------------------------------------------------------------
+def test_resuming_below_the_iteration_reached_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli_main(train_argv(out, iterations=4)) == 0
+    capsys.readouterr()
+    assert cli_main(train_argv(out, "--resume", iterations=3)) == 2
+    err = capsys.readouterr().err
+    assert "iterations=3" in err and "iteration 4 already" in err and "--iterations 4 or more" in err
+
+
+def test_the_card_records_every_command_that_ran(tmp_path):
+    out = tmp_path / "run"
+    first = train_argv(out)
+    assert cli_main(first) == 0
+    assert cli_main([*first, "--resume"]) == 0  # the same command again: nothing to record
+    card = (out / "README.md").read_text()
+    assert card.count("learned-torch-optim train") == 1 and "resumed" not in card
+    longer = train_argv(out, "--data-dir", str(tmp_path / "moved"), iterations=3)
+    assert cli_main([*longer, "--resume"]) == 0
+    card = (out / "README.md").read_text()
+    commands = card.split("```bash\n")[1].split("```")[0].splitlines()
+    assert len(commands) == 3 and commands[1] == "# resumed at iteration 2 with"
+    assert "--iterations 2 " in commands[0] and "--data-dir" not in commands[0]
+    assert "--iterations 3 " in commands[2] and commands[2].endswith(f"--data-dir {tmp_path / 'moved'}")
+    assert "| iterations | 3 |" in card

@@ -68,7 +68,8 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     start.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run in --out from its last checkpoint",
+        help="continue the run in --out from its last checkpoint (--iterations may change, not below the iteration "
+        "reached; a changed command is recorded in the model card after the first)",
     )
     start.add_argument(
         "--overwrite",

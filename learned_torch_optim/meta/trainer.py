@@ -357,7 +357,9 @@ class MetaTrainer:
         )
 
     def load_checkpoint(self) -> None:
-        """Continue the run in ``out_dir`` from its checkpoint and log."""
+        """Continue the run in ``out_dir``.  Its settings must match except ``iterations`` (not below the iteration
+        reached), ``checkpoint_every``, ``data_dir`` (the data are checked by sha256) and ``device``; a changed
+        command is recorded after the saved one, for the model card."""
         checkpoint = self._read_checkpoint()
         saved = TrainConfig.from_dict(checkpoint["config"])
         for name in (
@@ -408,6 +410,14 @@ class MetaTrainer:
                 f"--resume: {self.world_size} process(es), but {self.out_dir / CHECKPOINT} was written by a run of "
                 f"{checkpoint['world_size']}; the problems each process draws depend on it"
             )
+        if checkpoint["iteration"] > self.config.iterations:
+            raise ValueError(
+                f"--resume: iterations={self.config.iterations}, but the run in {self.out_dir / CHECKPOINT} is at "
+                f"iteration {checkpoint['iteration']} already; pass --iterations {checkpoint['iteration']} or more"
+            )
+        if saved.command and self.config.command and self.config.command != saved.command.rsplit("\n", 1)[-1]:
+            command = f"{saved.command}\n# resumed at iteration {checkpoint['iteration']} with\n{self.config.command}"
+            self.config = replace(self.config, command=command)
         self.iteration = checkpoint["iteration"]
         self.network.load_state_dict(checkpoint["network"])
         self.meta_optimizer.load_state_dict(checkpoint["meta_optimizer"])
