@@ -256,20 +256,51 @@ def test_workspace_is_bounded_by_the_block_size():
     assert workspace_bytes(network, "torch-cpu") == BLOCK_SIZES["torch-cpu"] * (4 * (40 + 80 + 80 + 5) + 2)
 
 
-def test_missing_compiler_falls_back_silently(monkeypatch, tmp_path):
+@pytest.fixture
+def fresh_kernel_cache(monkeypatch, tmp_path):
+    """An empty kernel cache folder, and nothing loaded or failed in this process."""
     monkeypatch.setenv("LEARNED_TORCH_OPTIM_CACHE", str(tmp_path))
-    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setattr(native, "_kernels", {})
     monkeypatch.setattr(native, "_failed", set())
-    native._load.cache_clear()
-    try:
-        network = CoordinatewiseLSTM(hidden_size=3)
-        assert native.load(pack_network(network, CPU)) is None and "compiler" in native.last_failure
-        param = torch.nn.Parameter(torch.randn(5))
-        param.grad = torch.randn(5)
-        LearnedOptimizer([param], weights=network, implementation="fused").step()
-        assert torch.isfinite(param).all()
-    finally:
-        native._load.cache_clear()
+    return tmp_path / "kernels"
+
+
+def test_missing_compiler_falls_back_silently(monkeypatch, tmp_path, fresh_kernel_cache):
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    network = CoordinatewiseLSTM(hidden_size=3)
+    assert native.load(pack_network(network, CPU)) is None and "compiler" in native.last_failure
+    param = torch.nn.Parameter(torch.randn(5))
+    param.grad = torch.randn(5)
+    LearnedOptimizer([param], weights=network, implementation="fused").step()
+    assert torch.isfinite(param).all()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_corrupt_cached_library_is_built_afresh(monkeypatch, fresh_kernel_cache, damage):
+    packed = pack_network(CoordinatewiseLSTM(hidden_size=3, num_layers=1), CPU)
+    native_kernel(packed)
+    (library,) = fresh_kernel_cache.glob("*.so")
+    good = library.read_bytes()
+    library.write_bytes(b"not a library" * 100 if damage == "garbage" else good[: len(good) // 2])
+    monkeypatch.setattr(native, "_kernels", {})  # a new process: the cached file is all there is
+    assert native.load(packed) is not None, native.last_failure
+    assert library.read_bytes() != good[: len(good) // 2] and library.stat().st_size > 1000
+
+
+def test_a_cache_folder_others_can_write_is_not_loaded_from(monkeypatch, fresh_kernel_cache):
+    packed = pack_network(CoordinatewiseLSTM(hidden_size=3, num_layers=1), CPU)
+    fresh_kernel_cache.mkdir(parents=True)
+    fresh_kernel_cache.chmod(0o777)
+    with pytest.warns(RuntimeWarning, match="can be written by other users"):
+        assert native.load(packed) is None
+    assert str(fresh_kernel_cache) in native.last_failure and not list(fresh_kernel_cache.glob("*.so"))
+
+
+def test_a_cache_folder_of_another_user_is_not_loaded_from(monkeypatch, fresh_kernel_cache):
+    packed = pack_network(CoordinatewiseLSTM(hidden_size=3, num_layers=1), CPU)
+    monkeypatch.setattr(native.os, "getuid", lambda: 4242)
+    with pytest.warns(RuntimeWarning, match="not to this user"):
+        assert native.load(packed) is None
 
 
 def make_model(dtype=torch.float32) -> torch.nn.Module:

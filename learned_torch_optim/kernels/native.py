@@ -8,6 +8,9 @@ the source, the flags, the compiler and the CPU's feature flags; it is called th
 something is missing or fails (no compiler, a build or load error, a result that differs from
 :func:`~learned_torch_optim.kernels.blocked.lstm_block` on :func:`~learned_torch_optim.kernels.blocked.check_kernel`),
 :func:`load` returns ``None`` and the blocked torch path is used instead; the reason is kept in :data:`last_failure`.
+A cached library whose sha256 differs from the one recorded at its build, or that fails to load or to check, is
+built afresh.  The cache folder and the library must belong
+to this user and be writable by nobody else, or nothing there is loaded (a warning says why).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
-from functools import cache
+import warnings
 from pathlib import Path
 
 import torch
@@ -141,32 +144,76 @@ DEFINES = ("HIDDEN", "LAYERS", "PREPROCESSING", "MOMENTA", "TIMESCALES", "READOU
 DEFINES += ("UPDATE_CLIP", "RMS_CLIP")
 
 
+class BuildError(RuntimeError):
+    """No compiler, or the kernel did not compile."""
+
+
+def _check_private(path: Path) -> None:
+    """Raise ``PermissionError`` unless ``path`` belongs to this user and no one else can write to it."""
+    info = path.stat()
+    if hasattr(os, "getuid") and info.st_uid != os.getuid():
+        raise PermissionError(
+            f"{path} belongs to user id {info.st_uid}, not to this user ({os.getuid()}): its kernel libraries are "
+            "not loaded (set $LEARNED_TORCH_OPTIM_CACHE to a folder of your own)"
+        )
+    if info.st_mode & 0o022:
+        raise PermissionError(
+            f"{path} can be written by other users (mode {oct(info.st_mode & 0o777)}): its kernel libraries are not "
+            f"loaded (chmod go-w {path}, or set $LEARNED_TORCH_OPTIM_CACHE to a folder of your own)"
+        )
+
+
 def _build(shape: Form) -> Path:
+    """The library for ``shape`` in the cache folder, built there unless it is there intact."""
     compiler = _compiler()
     if compiler is None:
-        raise RuntimeError("no C++ compiler found ($CXX, c++, g++, clang++)")
+        raise BuildError("no C++ compiler found ($CXX, c++, g++, clang++)")
     source = SOURCE.read_text()
     defines = tuple(f"-DLTO_{name}={value}" for name, value in zip(DEFINES, shape))
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=False).stdout
     key = hashlib.sha256("\n".join([source, *FLAGS, *defines, compiler, version, _cpu_flags()]).encode()).hexdigest()
-    target = cache_dir() / f"lstm_cpu_{'_'.join(map(str, shape))}_{key[:16]}.so"
-    if target.exists():
+    folder = cache_dir()
+    target = folder / f"lstm_cpu_{'_'.join(map(str, shape))}_{key[:16]}.so"
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _check_private(folder)
+    if _intact(target):
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
         built = Path(tmp) / target.name
         result = subprocess.run(
             [compiler, *FLAGS, *defines, str(SOURCE), "-o", str(built)], capture_output=True, text=True, check=False
         )
         if result.returncode != 0:
-            raise RuntimeError(f"building {SOURCE.name} failed:\n{result.stderr[-2000:]}")
+            raise BuildError(f"building {SOURCE.name} failed:\n{result.stderr[-2000:]}")
+        digest = Path(tmp) / _digest_file(target).name
+        digest.write_text(hashlib.sha256(built.read_bytes()).hexdigest())
+        os.replace(digest, _digest_file(target))
         os.replace(built, target)  # atomic: concurrent builders never see a partial library
     return target
 
 
-@cache
-def _load(shape: Form) -> NativeKernel:
-    library = ctypes.CDLL(str(_build(shape)))
+def _digest_file(library_file: Path) -> Path:
+    return library_file.with_name(library_file.name + ".sha256")
+
+
+def _intact(library_file: Path) -> bool:
+    """Whether ``library_file`` exists with the sha256 recorded when it was built (a truncated or damaged library
+    must not be loaded: mapping it can crash the process)."""
+    try:
+        recorded = _digest_file(library_file).read_text().strip()
+        return hashlib.sha256(library_file.read_bytes()).hexdigest() == recorded
+    except OSError:
+        return False
+
+
+def _open(library_file: Path, shape: Form, packed: PackedNetwork) -> NativeKernel:
+    """Load ``library_file`` under a name of its own (so that a rebuilt file is not answered with the handle of
+    the one it replaced) and check it against the torch operations."""
+    _check_private(library_file)
+    with tempfile.TemporaryDirectory(dir=library_file.parent) as tmp:
+        private_name = Path(tmp) / library_file.name
+        shutil.copyfile(library_file, private_name)
+        library = ctypes.CDLL(str(private_name))  # stays mapped once its file is gone
     if library.lto_abi_version() != ABI_VERSION:
         raise RuntimeError("stale kernel library")
     built = (ctypes.c_int * (len(shape) + 1))()
@@ -174,7 +221,21 @@ def _load(shape: Form) -> NativeKernel:
     library.lto_config(built, ctypes.byref(padded_gates))
     if tuple(built[: len(shape)]) != shape:
         raise RuntimeError("kernel library built for another network form")
-    return NativeKernel(library, shape[0], padded_gates.value, built[len(shape)])
+    kernel = NativeKernel(library, shape[0], padded_gates.value, built[len(shape)])
+    check_kernel(kernel, packed, torch.device("cpu"))
+    return kernel
+
+
+def _load(shape: Form, packed: PackedNetwork) -> NativeKernel:
+    """The checked kernel for ``shape``; a cached library that does not load or check is built afresh once."""
+    library_file = _build(shape)
+    try:
+        return _open(library_file, shape, packed)
+    except PermissionError:
+        raise
+    except (OSError, RuntimeError, AttributeError):  # damaged after its digest was written, or stale: again
+        library_file.unlink(missing_ok=True)
+        return _open(_build(shape), shape, packed)
 
 
 def load(packed: PackedNetwork) -> NativeKernel | None:
@@ -184,19 +245,20 @@ def load(packed: PackedNetwork) -> NativeKernel | None:
     if packed.num_layers == 0:
         return None
     key = form(packed)
+    if key in _kernels:
+        return _kernels[key]
     if key in _failed:
         return None
     try:
-        kernel = _load(key)
-        if key not in _checked:
-            check_kernel(kernel, packed, torch.device("cpu"))
-            _checked.add(key)
+        _kernels[key] = _load(key, packed)
     except Exception as error:  # any failure means: use the torch path
         last_failure = f"{type(error).__name__}: {error}"
         _failed.add(key)
+        if isinstance(error, PermissionError):
+            warnings.warn(f"learned_torch_optim: compiled CPU kernel not used: {error}", RuntimeWarning, stacklevel=2)
         return None
-    return kernel
+    return _kernels[key]
 
 
+_kernels: dict[Form, NativeKernel] = {}
 _failed: set[Form] = set()
-_checked: set[Form] = set()
