@@ -239,16 +239,19 @@ class LearnedOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        all_finite = True
+        gathered = []  # every group first, so that a parameter refused in any group leaves all unchanged
         for group in self.param_groups:
             params: list[Tensor] = []
             grads: list[Tensor] = []
             states: list[Tensor] = []
             steps: list[Tensor] = []
             self._init_group(group, params, grads, states, steps)
-            if not params:
+            gathered.append((group, [params, grads, states, steps]))
+        all_finite = True
+        for group, tensors in gathered:
+            if not tensors[0]:
                 continue
-            buckets = Optimizer._group_tensors_by_device_and_dtype([params, grads, states, steps])
+            buckets = Optimizer._group_tensors_by_device_and_dtype(tensors)
             for (device, _), ((b_params, b_grads, b_states, b_steps), _) in buckets.items():
                 options = dict(lr=group["lr"], weight_decay=group["weight_decay"], maximize=group["maximize"])
                 if self.implementation == "reference" or (

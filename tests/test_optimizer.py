@@ -402,9 +402,11 @@ def test_integer_parameters_are_refused_naming_dtype_and_index(network, implemen
         [{"params": list(model.parameters())}, {"params": [counts]}], weights=network, implementation=implementation
     )
     loss_of(model, 0).backward()
+    before = [p.detach().clone() for p in model.parameters()]
     with pytest.raises(TypeError, match="parameter 4 has dtype torch.int64; only floating-point and complex"):
         optimizer.step()
     assert torch.equal(counts, torch.arange(3))
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))  # the other group was not stepped
     named = LearnedOptimizer([("weight", torch.nn.Parameter(torch.ones(2))), ("counts", counts)], weights=network)
     with pytest.raises(TypeError, match="parameter 1 \\('counts'\\) has dtype torch.int64"):
         named.step()
