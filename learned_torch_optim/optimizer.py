@@ -2,8 +2,8 @@
 
 The class validates arguments, keeps the per-parameter state and groups tensors.  The math of a step for one group of
 tensors sharing device and dtype is done by :func:`learned_step` (the reference: a single batched call of the
-network) or by :func:`learned_torch_optim.kernels.fused_step` (block by block with bounded memory, compiled on the
-CPU), as ``implementation`` says.
+network) or by :func:`learned_torch_optim.kernels.step_in_blocks` (block by block with bounded memory, with a compiled
+kernel or torch operations), as :func:`choose_implementation` decides from ``implementation``.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from torch import Tensor
 from torch.distributed.tensor import DTensor
 from torch.optim.optimizer import Optimizer, ParamsT
 
-from .kernels import fused_step
+from .kernels import step_in_blocks
 from .network import CoordinatewiseLSTM
 from .weights import load_weights
 
-__all__ = ["IMPLEMENTATIONS", "LearnedOptimizer", "learned_step"]
+__all__ = ["IMPLEMENTATIONS", "LearnedOptimizer", "choose_implementation", "learned_step"]
 
 STATE_KEY = "lstm_state"
 IMPLEMENTATIONS = ("auto", "fused", "blocked", "reference")
@@ -106,11 +106,19 @@ def _check_group_options(group: Mapping[str, Any], where: str) -> None:
         raise ValueError(f"{where}: 'maximize' must be True or False, got {group['maximize']!r}")
 
 
-def compiled_kernel_allowed(implementation: str, device: torch.device) -> bool:
-    """Whether a step of ``implementation`` on ``device`` may use a compiled kernel: ``"fused"`` always, ``"auto"``
-    on the CPU only (on CUDA the Triton kernel measured slower than the blocked torch operations,
-    ``docs/performance.md``), ``"blocked"`` never."""
-    return implementation == "fused" or (implementation == "auto" and device.type != "cuda")
+def choose_implementation(implementation: str, device: torch.device) -> str:
+    """How a step of ``implementation`` runs on ``device`` (the one place that decides): ``"reference"``
+    (:func:`learned_step`), ``"compiled"`` (blocks with the compiled kernel: C++ on the CPU, Triton on CUDA; torch
+    operations where none loads) or ``"blocked"`` (blocks with torch operations).
+
+    ``"auto"`` is the reference when traced by ``torch.compile`` (inductor fuses that formulation itself), compiled
+    on the CPU and blocked on CUDA (where the Triton kernel measured slower, ``docs/performance.md``).
+    """
+    if implementation == "reference" or (implementation == "auto" and torch.compiler.is_compiling()):
+        return "reference"
+    if implementation == "fused" or (implementation == "auto" and device.type != "cuda"):
+        return "compiled"
+    return "blocked"
 
 
 class LearnedOptimizer(Optimizer):
@@ -254,16 +262,14 @@ class LearnedOptimizer(Optimizer):
             buckets = Optimizer._group_tensors_by_device_and_dtype(tensors)
             for (device, _), ((b_params, b_grads, b_states, b_steps), _) in buckets.items():
                 options = dict(lr=group["lr"], weight_decay=group["weight_decay"], maximize=group["maximize"])
-                if self.implementation == "reference" or (
-                    self.implementation == "auto" and torch.compiler.is_compiling()
-                ):
+                chosen = choose_implementation(self.implementation, device)
+                if chosen == "reference":
                     network = self._network_on(device)
                     all_finite &= learned_step(b_params, b_grads, b_states, network=network, **options)
                 else:
                     real_params, real_grads = [_real(p) for p in b_params], [_real(g) for g in b_grads]
-                    allow_compiled = compiled_kernel_allowed(self.implementation, b_params[0].device)
-                    all_finite &= fused_step(
-                        real_params, real_grads, b_states, self.network, allow_compiled=allow_compiled, **options
+                    all_finite &= step_in_blocks(
+                        real_params, real_grads, b_states, self.network, compiled=chosen == "compiled", **options
                     )
                 torch._foreach_add_(b_steps, 1)
         if not all_finite and not self._warned_non_finite:

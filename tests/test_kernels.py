@@ -435,17 +435,24 @@ def test_cuda_step_equals_the_reference(implementation, config):
 def test_which_implementations_may_use_a_compiled_kernel(monkeypatch, implementation, device, compiled):
     import learned_torch_optim.optimizer as optimizer_module
 
-    assert optimizer_module.compiled_kernel_allowed(implementation, torch.device(device)) is compiled
+    chosen = optimizer_module.choose_implementation(implementation, torch.device(device))
+    assert chosen == ("compiled" if compiled else "blocked")
     if device != "cpu":
         return
     seen = []
 
-    def recording_fused_step(params, grads, states, network, *, allow_compiled, **options):
-        seen.append(allow_compiled)
+    def recording_step_in_blocks(params, grads, states, network, *, compiled, **options):
+        seen.append(compiled)
         return True
 
-    monkeypatch.setattr(optimizer_module, "fused_step", recording_fused_step)
+    monkeypatch.setattr(optimizer_module, "step_in_blocks", recording_step_in_blocks)
     param = torch.nn.Parameter(torch.ones(4))
     param.grad = torch.ones(4)
     LearnedOptimizer([param], weights=CoordinatewiseLSTM(hidden_size=4), implementation=implementation).step()
     assert seen == [compiled]
+
+
+def test_the_reference_is_chosen_by_name_only():
+    from learned_torch_optim.optimizer import choose_implementation
+
+    assert {choose_implementation("reference", torch.device(d)) for d in ("cpu", "cuda")} == {"reference"}

@@ -6,7 +6,8 @@
   compiler is found or its self-check fails), used by the blocked step in place of the torch operations.
 - :mod:`.triton_lstm`: the same for CUDA devices as a Triton kernel, where Triton is installed.
 
-:func:`fused_step` picks between them; ``LearnedOptimizer(implementation=...)`` chooses it or the reference.
+:func:`step_in_blocks` runs the blocked step with the compiled kernel :func:`select_kernel` finds, or with torch
+operations; :func:`learned_torch_optim.optimizer.choose_implementation` decides which (or the reference).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from ..network import CoordinatewiseLSTM
 from . import native, triton_lstm
 from .blocked import BlockKernel, PackedNetwork, Workspace, blocked_step, pack_network
 
-__all__ = ["BLOCK_SIZES", "fused_step", "select_kernel", "workspace_bytes"]
+__all__ = ["BLOCK_SIZES", "select_kernel", "step_in_blocks", "workspace_bytes"]
 
 BLOCK_SIZES = {"native": 16384, "triton": 1 << 19, "torch-cpu": 4096, "torch-other": 1 << 18}
 """Coordinates per block, per path: the compiled CPU kernel (which tiles its block in registers and L1 itself, so
@@ -27,10 +28,10 @@ the block only bounds the workspace and amortises Python overhead), the Triton k
 measurement, see ``docs/performance.md``."""
 
 
-def select_kernel(packed: PackedNetwork, device: torch.device, allow_compiled: bool) -> tuple[str, BlockKernel | None]:
+def select_kernel(packed: PackedNetwork, device: torch.device, compiled: bool) -> tuple[str, BlockKernel | None]:
     """The path for ``packed`` on ``device``: a key of :data:`BLOCK_SIZES` and the kernel (``None``: torch
     operations).  Compiled kernels exist for networks with LSTM layers."""
-    if allow_compiled and packed.num_layers:
+    if compiled and packed.num_layers:
         if device.type == "cpu" and (kernel := native.load(packed)) is not None:
             return "native", kernel
         if device.type == "cuda" and (kernel := triton_lstm.load(packed, device)) is not None:
@@ -39,13 +40,13 @@ def select_kernel(packed: PackedNetwork, device: torch.device, allow_compiled: b
 
 
 def workspace_bytes(network: CoordinatewiseLSTM, path: str) -> int:
-    """The bound on the temporary memory of one :func:`fused_step` call on ``path``, in bytes."""
+    """The bound on the temporary memory of one :func:`step_in_blocks` call on ``path``, in bytes."""
     packed = pack_network(network, torch.device("cpu"))
     return BLOCK_SIZES[path] * Workspace.bytes_per_row(packed, for_torch_math=path.startswith("torch"))
 
 
 @torch.compiler.disable
-def fused_step(
+def step_in_blocks(
     params: list[Tensor],
     grads: list[Tensor],
     states: list[Tensor],
@@ -54,13 +55,13 @@ def fused_step(
     lr: float | Tensor,
     weight_decay: float,
     maximize: bool,
-    allow_compiled: bool = True,
+    compiled: bool,
 ) -> bool:
     """:func:`.blocked.blocked_step` with the path of :func:`select_kernel`.  Returns whether every gradient was
     finite."""
     device = params[0].device
     packed = pack_network(network, device)
-    path, kernel = select_kernel(packed, device, allow_compiled)
+    path, kernel = select_kernel(packed, device, compiled)
     return blocked_step(
         params,
         grads,
