@@ -5,9 +5,10 @@ a loop over the optimizee's tensors, each through its own ``nn.LSTMCell`` stack,
 True)`` every step to get the optimizee gradient (which walks the whole unroll so far: quadratic cost).  Ours is
 ``learned_torch_optim.meta.trainer.meta_iteration``: one batched network call over all coordinates and
 ``torch.autograd.grad`` w.r.t. the current parameters only (linear cost).  Both run in the same process, on the same
-problems, with the same network shape; the ratio is what the benchmark reports.
+problems, with the same network shape; the ratio is what the benchmark reports.  MNIST is read from ``--data-dir``
+(your data folder) or the download cache.
 
-    python benchmarks/meta_throughput.py --data-dir ../shared/data [--iterations 3] [--unroll 20]
+    python benchmarks/meta_throughput.py [--data-dir DIR] [--iterations 3] [--unroll 20]
 """
 
 from __future__ import annotations
