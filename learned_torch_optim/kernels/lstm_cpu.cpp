@@ -94,9 +94,29 @@ static inline vf splat(float x) {
 #endif
 }
 
+// min and max as one instruction each (a comparison and a blend otherwise); operands are never NaN here.
+static inline vf vmin(vf a, vf b) {
+#if defined(__AVX512F__)
+    return (vf)_mm512_min_ps((__m512)a, (__m512)b);
+#elif defined(__AVX__)
+    return (vf)_mm256_min_ps((__m256)a, (__m256)b);
+#else
+    return a < b ? a : b;
+#endif
+}
+
+static inline vf vmax(vf a, vf b) {
+#if defined(__AVX512F__)
+    return (vf)_mm512_max_ps((__m512)a, (__m512)b);
+#elif defined(__AVX__)
+    return (vf)_mm256_max_ps((__m256)a, (__m256)b);
+#else
+    return a > b ? a : b;
+#endif
+}
+
 static inline vf vexp(vf x) {
-    x = x < splat(-87.0f) ? splat(-87.0f) : x;
-    x = x > splat(88.0f) ? splat(88.0f) : x;
+    x = vmax(vmin(x, splat(88.0f)), splat(-87.0f));
     const vf magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer in the low mantissa bits
     vf t = x * 1.44269504088896341f + magic;
     vf n = t - magic;
@@ -163,9 +183,6 @@ static inline vf vsqrt(vf x) {
     return r;
 #endif
 }
-
-static inline vf vmin(vf a, vf b) { return a < b ? a : b; }
-static inline vf vmax(vf a, vf b) { return a > b ? a : b; }
 
 // The run-time values of the options, in the order NativeKernel.pack writes them.
 struct Config {
@@ -294,6 +311,7 @@ static inline void layer_tile(const float* wt, const float* bias, float (*xin)[K
     vf acc[R][NV];
     for (int r = 0; r < R; ++r)
         for (int v = 0; v < NV; ++v) acc[r][v] = *(const vf*)(bias + v * VL);
+#pragma GCC unroll 64
     for (int k = 0; k < K; ++k) {
         vf w[NV];
         for (int v = 0; v < NV; ++v) w[v] = *(const vf*)(wt + k * GP + v * VL);
@@ -305,7 +323,8 @@ static inline void layer_tile(const float* wt, const float* bias, float (*xin)[K
     alignas(64) float gates[R][GP];
     for (int r = 0; r < R; ++r)
         for (int v = 0; v < NV; ++v) *(vf*)(&gates[r][v * VL]) = vsigmoid(acc[r][v]);
-    alignas(64) float tc[HP] = {};
+    alignas(64) float tc[HP];
+    for (int k = rows * H; k < HP; ++k) tc[k] = 0.0f;  // lanes past the tile's rows
     for (int r = 0; r < rows; ++r) {
         float* c = st[r] + hoff + H;
         for (int j = 0; j < H; ++j) {
@@ -369,11 +388,15 @@ static void rows_range(const Args& a, int64_t begin, int64_t end) {
         vf out[NOUT];
         for (int o = 0; o < NOUT; ++o) {
             const float* wr = readout + o * NRO;
-            vf sum[2] = {splat(readout[NOUT * NRO + o]), splat(0.0f)};
-            for (int j = 0; j < H; ++j) sum[j & 1] += wr[j] * *(const vf*)top[j];
+            vf even = splat(readout[NOUT * NRO + o]), odd = splat(0.0f);
+            for (int j = 0; j + 1 < H; j += 2) {
+                even += wr[j] * *(const vf*)top[j];
+                odd += wr[j + 1] * *(const vf*)top[j + 1];
+            }
+            if constexpr (H % 2) even += wr[H - 1] * *(const vf*)top[H - 1];
             if constexpr (SKIP)
-                for (int i = 0; i < NI; ++i) sum[i & 1] += wr[H + i] * feat[i];
-            out[o] = sum[0] + sum[1];
+                for (int i = 0; i < NI; ++i) even += wr[H + i] * feat[i];
+            out[o] = even + odd;
         }
         const Config& c = a.cfg;
         vf u = c.output_scale * out[0];
