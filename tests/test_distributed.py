@@ -14,7 +14,10 @@ from learned_torch_optim import CoordinatewiseLSTM, LearnedOptimizer
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
+pytestmark = [
+    pytest.mark.slow,  # two-process runs: `python -m pytest -q -m slow`
+    pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built"),
+]
 
 
 def launch(mode: str, weights: Path, out: Path) -> None:
@@ -37,11 +40,8 @@ def distributed_run(tmp_path_factory):
 
 
 def single_process_params(weights: Path) -> dict[str, torch.Tensor]:
-    sys.path.insert(0, str(WORKER.parent))
-    try:
-        from distributed_worker import STEPS, global_batch, make_model
-    finally:
-        sys.path.pop(0)
+    from distributed_worker import STEPS, global_batch, make_model  # needs torch.distributed: imported here
+
     model = make_model()
     optimizer = LearnedOptimizer(model.parameters(), weights=weights)
     for step in range(STEPS):
