@@ -11,7 +11,7 @@ from test_meta import make_fake_mnist
 from learned_torch_optim import CoordinatewiseLSTM, WeightsError
 from learned_torch_optim.meta import Problem, Task, get_task
 from learned_torch_optim.meta.cli import main as cli_main
-from learned_torch_optim.meta.evaluate import (
+from learned_torch_optim.meta.evaluation import (
     BASELINES,
     HALF_DECADES,
     EvaluationResult,
