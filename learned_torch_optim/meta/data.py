@@ -45,6 +45,17 @@ DATASETS: dict[str, dict] = {
             "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
         },
     },
+    # The first 5,000 training and first 1,000 test images of MNIST, in the official files' format: shipped with the
+    # package (bundled/mnist-subset, with its NOTICE), built by tools/build_mnist_subset.py.
+    "mnist-subset": {
+        "urls": [],
+        "sha256": {
+            "train-images-idx3-ubyte.gz": "8d1eae75b5aff396cd29c4ac1bf9940059221ef7e568d080f6699358bfad60c3",
+            "train-labels-idx1-ubyte.gz": "183f0d6e1c50136e698f8b78509f7a351c300f33cb73b17cf97a81d900371324",
+            "t10k-images-idx3-ubyte.gz": "c38842f3fc122aeb56961328eacf41c4315fb33e95ce0e9d0c97f3bd3d5b62c6",
+            "t10k-labels-idx1-ubyte.gz": "689b4d1da0ae1049125d2f91e157009a132a2a1e76b45a178dc0b359e1f74255",
+        },
+    },
     "fashion-mnist": {
         "urls": ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"],
         "sha256": {
@@ -204,6 +215,13 @@ def load_image_classification(
     images = read_idx(dataset_file(dataset, images_name, data_dir))
     labels = read_idx(dataset_file(dataset, labels_name, data_dir))
     return torch.from_numpy(images.astype(np.float32) / 255.0), torch.from_numpy(labels.astype(np.int64))
+
+
+def load_mnist_subset(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images, labels)`` of the MNIST subset shipped with the package, checked by sha256 (``train``: the first
+    5,000 training images of MNIST, ``test``: its first 1,000 test images), as :func:`load_image_classification`
+    returns them."""
+    return load_image_classification("mnist-subset", split, str(Path(__file__).with_name("bundled")))
 
 
 def _check_split(split: str) -> None:
