@@ -8,15 +8,19 @@ meta-trains on, run on its test split.  On each task, ``--seeds`` problems (``pr
 initial parameters and minibatches for every optimizer) are optimised for the task's horizon by
 
 - Adam at every learning rate of the half-decade grid ``1e-4 ... 1`` (``HALF_DECADES``): "tuned Adam" is the best
-  of them on the task by the metric, "Adam 1e-3" the grid point 1e-3;
+  of them on the task by the metric (the smallest lr on ties), "Adam 1e-3" the grid point 1e-3;
 - ``LearnedOptimizer(weights=W)`` at ``lr=1`` (untuned) for each ``--weights W``.
 
-Metric: the mean training loss over the horizon (the paper's summed loss divided by the horizon), averaged over the
-problems; "final" is the mean loss over the last 5% of steps.  A run diverges if a loss is not finite or its final
-loss is not below its initial loss.  Each run is stored as one JSON file in ``DIR/runs`` when it finishes, so an
+Runs and scores follow the evaluation protocol of ``learned_torch_optim.meta.evaluation.protocol``, the one of
+``learned-torch-optim evaluate``.  Metric: the mean training loss over the horizon (``horizon_mean``: the paper's
+summed loss divided by the horizon), averaged over the problems; "final" is the mean loss over the last 5% of steps
+(``tail_mean``).  A run counts as diverged here if a loss is not finite (the protocol's ``diverged``: the run stops
+there) or its final loss is not below its initial loss (not ``descended``); "tuned Adam" is chosen by ``best_lr``.
+Each run is stored as one JSON file in ``DIR/runs`` when it finishes, so an
 interrupted suite resumes where it stopped (``--jobs`` runs in parallel processes of one thread each); the summary
 goes to ``DIR/results.json``, ``DIR/results.md`` and ``DIR/curves.png``.  ``step ms`` is the wall time per step of
-a run (optimizee forward and backward included), comparable only between runs of the same invocation.
+a run (optimizee forward and backward included; a diverged run counts the steps it ran), comparable only between
+runs of the same invocation.
 """
 
 from __future__ import annotations
@@ -35,7 +39,16 @@ from typing import Any
 import torch
 
 from learned_torch_optim import LearnedOptimizer, load_weights
-from learned_torch_optim.meta.evaluate import HALF_DECADES, problem_seeds, run_optimizer
+from learned_torch_optim.meta.evaluation import (
+    HALF_DECADES,
+    best_lr,
+    descended,
+    diverged,
+    horizon_mean,
+    problem_seeds,
+    run_optimizer,
+    tail_mean,
+)
 from learned_torch_optim.meta.files import atomic_write_text
 from learned_torch_optim.meta.tasks import Problem, get_task
 
@@ -67,15 +80,12 @@ def _run_file(out: Path, task: str, steps: int, label: str, lr: float, seed_inde
 
 def _summary(curve: torch.Tensor) -> dict[str, Any]:
     values = curve.double()
-    finite = bool(torch.isfinite(values).all())
-    tail = max(1, int(len(values) * FINAL_FRACTION))
-    final = values[-tail:].mean().item()
     buckets = torch.tensor_split(values, min(CURVE_POINTS, len(values)))
     return {
-        "mean_loss": values.mean().item() if finite else math.inf,
-        "final_loss": final if finite else math.inf,
+        "mean_loss": horizon_mean(values).item(),
+        "final_loss": tail_mean(values, FINAL_FRACTION).item(),
         "initial_loss": values[0].item(),
-        "diverged": not finite or not final < values[0].item(),
+        "diverged": not bool(descended(values, FINAL_FRACTION)),
         "curve": [b.mean().item() for b in buckets],
     }
 
@@ -107,8 +117,9 @@ def _run(job: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     curve = run_optimizer(problem, make, job["steps"])
     seconds = time.perf_counter() - started
+    steps_run = int(torch.isfinite(curve).sum()) + int(diverged(curve))  # a diverged run stops at its first inf/NaN
     result = {key: job[key] for key in ("task", "steps", "label", "optimizer", "lr", "seed_index")}
-    result.update(_summary(curve), step_ms=1000 * seconds / job["steps"])
+    result.update(_summary(curve), step_ms=1000 * seconds / steps_run)
     atomic_write_text(Path(job["file"]), json.dumps(result))
     return result
 
@@ -162,12 +173,14 @@ def aggregate(runs: list[dict[str, Any]], weights_labels: Sequence[str]) -> dict
                 seeds=len(group),
                 curve=[statistics.fmean(points) for points in zip(*(r["curve"] for r in group))],
             )
-        adam = {name: c for name, c in configs.items() if name.startswith("adam@")}
-        tuned = min(adam, key=lambda name: adam[name]["mean_loss"])
+        adam_lrs = {c["lr"]: c["mean_loss"] for name, c in configs.items() if name.startswith("adam@")}
+        tuned_lr = best_lr(adam_lrs)
+        if tuned_lr is None:  # every lr diverged: show the smallest, flagged as diverged
+            tuned_lr = min(adam_lrs)
         tasks[task] = {
             "steps": rows[0]["steps"],
             "configs": configs,
-            "tuned_adam": tuned,
+            "tuned_adam": f"adam@{tuned_lr:.3g}",
             "adam_1e-3": f"adam@{ADAM_DEFAULT_LR:.3g}",
         }
     verdicts = {}
@@ -218,10 +231,10 @@ def markdown(summary: dict[str, Any], weights_labels: Sequence[str]) -> str:
         for title, name in [("tuned Adam", t["tuned_adam"]), ("Adam 1e-3", t["adam_1e-3"])] + [
             (label, label) for label in weights_labels if label in t["configs"]
         ]:
-            tenths = [statistics.fmean(part) for part in _tenths(t["configs"][name]["curve"])]
-            lowering = all(b < a for a, b in zip(tenths, tenths[1:]))
+            per_tenth = [statistics.fmean(part) for part in tenths(t["configs"][name]["curve"])]
+            lowering = all(b < a for a, b in zip(per_tenth, per_tenth[1:]))
             lines.append(
-                f"| {title} | " + " | ".join(f"{v:.3g}" for v in tenths) + f" | {'yes' if lowering else 'no'} |"
+                f"| {title} | " + " | ".join(f"{v:.3g}" for v in per_tenth) + f" | {'yes' if lowering else 'no'} |"
             )
     lines += ["", "| weights | beats tuned Adam | beats Adam 1e-3 | final loss beats tuned Adam | diverged on |"]
     lines += ["| --- | ---: | ---: | ---: | --- |"]
@@ -233,7 +246,8 @@ def markdown(summary: dict[str, Any], weights_labels: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _tenths(curve: Sequence[float]) -> list[Sequence[float]]:
+def tenths(curve: Sequence[float]) -> list[Sequence[float]]:
+    """``curve`` cut into ten consecutive parts of (nearly) equal length."""
     size = len(curve) / 10
     return [curve[round(k * size) : round((k + 1) * size)] for k in range(10)]
 

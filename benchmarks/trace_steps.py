@@ -19,7 +19,7 @@ import statistics
 from pathlib import Path
 
 import torch
-from generalist_suite import suite_problem
+from generalist_suite import suite_problem, tenths
 
 from learned_torch_optim import LearnedOptimizer, load_weights
 from learned_torch_optim.meta.files import atomic_write_text
@@ -74,8 +74,8 @@ def main() -> None:
     rows = trace(args.task, args.steps, args.weights, args.seed_index, args.data_dir, args.cosine_lr)
     atomic_write_text(args.out, "".join(json.dumps(row) + "\n" for row in rows))
     losses = [row["loss"] for row in rows]
-    tenths = [statistics.fmean(losses[k * len(losses) // 10 : (k + 1) * len(losses) // 10]) for k in range(10)]
-    print(f"mean loss {statistics.fmean(losses):.4g}; per tenth: " + ", ".join(f"{v:.3g}" for v in tenths))
+    per_tenth = [statistics.fmean(part) for part in tenths(losses)]
+    print(f"mean loss {statistics.fmean(losses):.4g}; per tenth: " + ", ".join(f"{v:.3g}" for v in per_tenth))
 
 
 if __name__ == "__main__":
