@@ -2,10 +2,14 @@
 
 import hashlib
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from learned_torch_optim import CoordinatewiseLSTM, LearnedOptimizer, WeightsError, list_pretrained, load_weights
 from learned_torch_optim import weights as weights_module
@@ -84,11 +88,6 @@ def test_packaged_sets_in_the_repository_verify():
 
 def test_packaged_weights_resolve_in_the_installed_layout(tmp_path):
     """In a wheel, pretrained/ is installed as learned_torch_optim/pretrained (pyproject's package-dir)."""
-    import shutil
-    import subprocess
-    import sys
-    from pathlib import Path
-
     root = Path(__file__).resolve().parents[1]
     site = tmp_path / "site"
     shutil.copytree(root / "learned_torch_optim", site / "learned_torch_optim")
@@ -216,8 +215,6 @@ def test_config_sizes_are_checked_before_anything_is_allocated(tmp_path, monkeyp
 
 
 def test_non_finite_or_non_float_tensors_are_refused(tmp_path):
-    from safetensors.torch import load_file, save_file
-
     folder = _other_weights(tmp_path / "nan")
     tensors = load_file(folder / "model.safetensors")
     tensors["readout.bias"] = torch.tensor([float("nan")])
