@@ -8,8 +8,11 @@ import torch
 from conftest import write_sha256sums
 from test_meta import make_fake_mnist, write_idx
 
+from learned_torch_optim.meta import data
 from learned_torch_optim.meta.data import (
+    DATASETS,
     DataNotFoundError,
+    dataset_files,
     load_cifar10_subset,
     load_mnist1d,
     load_text,
@@ -17,6 +20,7 @@ from learned_torch_optim.meta.data import (
     read_npz,
 )
 from learned_torch_optim.meta.tasks import (
+    BUILTIN_TASKS,
     TASK_DESCRIPTIONS,
     IllConditionedQuadraticTask,
     ModuleProblem,
@@ -216,6 +220,26 @@ def test_task_data_files_name_what_the_task_reads():
     assert task_data_files("fashion-mnist-mlp", "test")[0] == ("fashion-mnist", "t10k-images-idx3-ubyte.gz")
     assert task_data_files("cifar-conv", "train") == [("cifar10-subset", "data_batch_1_first4000.bin")]
     assert task_data_files("char-rnn", "test") == [("tinyshakespeare", "input.txt")]
+
+
+@pytest.mark.parametrize("name", [name for name, task in BUILTIN_TASKS.items() if task.dataset is not None])
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_declared_data_files_are_the_files_the_task_reads(name, split, data_dir, monkeypatch):
+    read = []
+    original = data.dataset_file
+    monkeypatch.setattr(data, "dataset_file", lambda d, f, root=None: read.append((d, f)) or original(d, f, root))
+    for loader in (data.load_image_classification, data.load_cifar10_subset, data.load_mnist1d, data.load_text):
+        loader.cache_clear()
+    get_task(name, split=split, data_dir=data_dir)
+    assert sorted(read) == sorted(task_data_files(name, split))
+
+
+def test_every_dataset_split_names_files_of_known_sha256():
+    for dataset, entry in DATASETS.items():
+        for split in ("train", "test"):
+            assert dataset_files(dataset, split) and set(dataset_files(dataset, split)) <= set(entry["sha256"])
+    with pytest.raises(ValueError, match="'validation'"):
+        dataset_files("mnist", "validation")
 
 
 @pytest.mark.skipif(not (REAL_DATA / "cifar10-subset").is_dir(), reason="the real data sets are not here")

@@ -27,7 +27,7 @@ CHECKSUMS = "SHA256SUMS"
 """A dataset folder's own list of sha256 sums, which takes precedence over the standard files' for the files it
 lists."""
 
-_IDX_FILES = {
+_IDX_SPLITS = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
@@ -44,6 +44,7 @@ DATASETS: dict[str, dict] = {
             "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
             "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
         },
+        "splits": _IDX_SPLITS,
     },
     # The first 5,000 training and first 1,000 test images of MNIST, in the official files' format: shipped with the
     # package (bundled/mnist-subset, with its NOTICE), built by tools/build_mnist_subset.py.
@@ -55,6 +56,7 @@ DATASETS: dict[str, dict] = {
             "t10k-images-idx3-ubyte.gz": "c38842f3fc122aeb56961328eacf41c4315fb33e95ce0e9d0c97f3bd3d5b62c6",
             "t10k-labels-idx1-ubyte.gz": "689b4d1da0ae1049125d2f91e157009a132a2a1e76b45a178dc0b359e1f74255",
         },
+        "splits": _IDX_SPLITS,
     },
     "fashion-mnist": {
         "urls": ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"],
@@ -64,6 +66,7 @@ DATASETS: dict[str, dict] = {
             "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
             "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
         },
+        "splits": _IDX_SPLITS,
     },
     # The first 4,000 / 1,000 records of CIFAR-10's data_batch_1 / test_batch in the binary record format; a
     # subset with no canonical download, so it must be put in place by hand.
@@ -73,19 +76,23 @@ DATASETS: dict[str, dict] = {
             "data_batch_1_first4000.bin": "0993cf8b8e43bc207603aef9787006995746513f5e3fa5a52e06d1b069926330",
             "test_batch_first1000.bin": "8314c96d7cd65618193bab23acdd5d4c4af15bf6dd00a1781d55beedf3be1ef5",
         },
+        "splits": {"train": ("data_batch_1_first4000.bin",), "test": ("test_batch_first1000.bin",)},
     },
     # MNIST-1D's default data set as .npz (upstream distributes a pickle, which is never loaded here).
     "mnist1d": {
         "urls": [],
         "sha256": {"mnist1d_data.npz": "b1adc2b5206f50ab6f7dea5e16da94cabd5294c20563a6f631ab3615a9cb2e10"},
+        "splits": {"train": ("mnist1d_data.npz",), "test": ("mnist1d_data.npz",)},
     },
     "tinyshakespeare": {
         "urls": ["https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/"],
         "sha256": {"input.txt": "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"},
+        "splits": {"train": ("input.txt",), "test": ("input.txt",)},
     },
 }
+"""The standard datasets: download URLs, the sha256 of each file, and the files each split reads
+(:func:`dataset_files`)."""
 
-_CIFAR_FILES = {"train": "data_batch_1_first4000.bin", "test": "test_batch_first1000.bin"}
 _CIFAR_RECORD = 1 + 3 * 32 * 32
 
 
@@ -100,6 +107,14 @@ class DataChecksumError(ValueError):
 def default_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/learned_torch_optim/data``, by default ``~/.cache/learned_torch_optim/data``."""
     return cache_root() / "data"
+
+
+def dataset_files(dataset: str, split: str) -> tuple[str, ...]:
+    """The names of the files of ``dataset`` that its ``split`` (``train`` or ``test``) reads."""
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; known: {sorted(DATASETS)}")
+    _check_split(split)
+    return DATASETS[dataset]["splits"][split]
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
@@ -207,11 +222,7 @@ def load_image_classification(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(images, labels)`` of an IDX dataset (``mnist`` or ``fashion-mnist``): float32 pixels in [0, 1] of shape
     ``(N, 28, 28)`` and int64 labels."""
-    if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; known: {sorted(DATASETS)}")
-    if split not in _IDX_FILES:
-        raise ValueError(f"unknown split {split!r}; use 'train' or 'test'")
-    images_name, labels_name = _IDX_FILES[split]
+    images_name, labels_name = dataset_files(dataset, split)
     images = read_idx(dataset_file(dataset, images_name, data_dir))
     labels = read_idx(dataset_file(dataset, labels_name, data_dir))
     return torch.from_numpy(images.astype(np.float32) / 255.0), torch.from_numpy(labels.astype(np.int64))
@@ -243,10 +254,10 @@ def read_cifar_binary(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def load_cifar10_subset(split: str, data_dir: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(images, labels)`` of the CIFAR-10 subset (``train``: 4,000 images, ``test``: 1,000): float32 pixels in
     [0, 1] of shape ``(N, 3, 32, 32)`` and int64 labels 0..9."""
-    _check_split(split)
-    images, labels = read_cifar_binary(dataset_file("cifar10-subset", _CIFAR_FILES[split], data_dir))
+    (file_name,) = dataset_files("cifar10-subset", split)
+    images, labels = read_cifar_binary(dataset_file("cifar10-subset", file_name, data_dir))
     if labels.max() > 9:
-        raise ValueError(f"{_CIFAR_FILES[split]}: label {labels.max()} out of range 0..9")
+        raise ValueError(f"{file_name}: label {labels.max()} out of range 0..9")
     return torch.from_numpy(images.astype(np.float32) / 255.0), torch.from_numpy(labels.astype(np.int64))
 
 

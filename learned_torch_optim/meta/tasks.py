@@ -12,13 +12,14 @@ import functools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .data import _CIFAR_FILES, _IDX_FILES, load_cifar10_subset, load_image_classification, load_mnist1d, load_text
+from .data import dataset_files, load_cifar10_subset, load_image_classification, load_mnist1d, load_text
 
 
 class Problem(ABC):
@@ -515,78 +516,151 @@ class IllConditionedQuadraticTask(Task):
         return IllConditionedQuadraticProblems(A, center, theta0)
 
 
-_MNIST_VARIANTS: dict[str, dict[str, Any]] = {
-    "mnist-mlp": {},
-    "mnist-mlp-40": {"hidden": (40,)},
-    "mnist-mlp-2layer": {"hidden": (20, 20)},
-    "mnist-mlp-relu": {"activation": nn.ReLU},
-    "mlp-tanh": {"hidden": (64,), "activation": nn.Tanh, "init_std": None},
-    "mlp-gelu": {"hidden": (32, 32), "activation": nn.GELU, "init_std": None},
-    "mlp-relu-layernorm": {"hidden": (64, 64), "activation": nn.ReLU, "layernorm": True, "init_std": None},
-    "fashion-mnist-mlp": {"dataset": "fashion-mnist"},
-    "logistic-regression": {"hidden": (), "init_std": None},
-}
-"""Built-in tasks that are ``mnist_mlp_task(**kwargs)`` on an IDX dataset (``dataset``, default ``mnist``)."""
+@dataclass(frozen=True)
+class BuiltinTask:
+    """The declaration of a built-in task: its name, one line for ``learned-torch-optim list``, the factory that
+    builds it (called with ``name=``, and ``split=`` and ``data_dir=`` when it reads a dataset) and the dataset it
+    reads (``None`` for a synthetic task)."""
 
-_OTHER_DATA_TASKS: dict[str, tuple[Callable[..., ModuleTask], str]] = {
-    "mnist-conv": (mnist_conv_task, "mnist"),
-    "cifar-conv": (cifar_conv_task, "cifar10-subset"),
-    "mnist1d-mlp": (mnist1d_mlp_task, "mnist1d"),
-    "char-rnn": (char_rnn_task, "tinyshakespeare"),
-    "char-attention": (functools.partial(char_rnn_task, architecture="attention", hidden=32), "tinyshakespeare"),
-}
-"""Other built-in dataset tasks: ``(builder, dataset)``."""
+    name: str
+    description: str
+    factory: Callable[..., Task]
+    dataset: str | None = None
 
-TASK_DESCRIPTIONS = {
-    "quadratic": "10-d quadratics ||W theta - y||^2 with fresh W, y per problem (paper 3.1)",
-    "mnist-mlp": "MNIST MLP, one hidden layer of 20 sigmoid units, batch 128 (paper 3.2)",
-    "mnist-mlp-40": "as mnist-mlp with 40 hidden units (paper figure 4)",
-    "mnist-mlp-2layer": "as mnist-mlp with two hidden layers of 20 units (paper figure 4)",
-    "mnist-mlp-relu": "as mnist-mlp with ReLU activations (paper figure 4)",
-    "mlp-tanh": "MNIST MLP, one hidden layer of 64 tanh units, PyTorch default init, batch 128",
-    "mlp-gelu": "MNIST MLP, two hidden layers of 32 GELU units, PyTorch default init, batch 128",
-    "mlp-relu-layernorm": "MNIST MLP, two hidden layers of 64 units with LayerNorm then ReLU, default init, batch 128",
-    "fashion-mnist-mlp": "as mnist-mlp (20 sigmoid units, N(0, 0.01^2) init) on Fashion-MNIST",
-    "logistic-regression": "multinomial logistic regression on MNIST pixels (convex), default init, batch 128",
-    "mnist-conv": "MNIST conv net: 3x3 stride-2 convs of 8 and 16 channels with ReLU, then linear; batch 64",
-    "cifar-conv": "CIFAR-10 subset (4,000 images) conv net: 3x3 stride-2 convs of 16 and 32 channels, linear; batch 64",
-    "mnist1d-mlp": "MNIST-1D MLP, two hidden layers of 100 ReLU units, default init, batch 128",
-    "char-rnn": "tiny-shakespeare character GRU LM: embedding 16, hidden 64, windows of 32 chars, batch 32",
-    "char-attention": "tiny-shakespeare character LM: one causal transformer block of width 32, 2 heads, batch 32",
-    "quadratic-ill": "20-d quadratics 1/2 (x-c)^T A (x-c), condition number log-uniform in [10, 1e4], random basis",
+    def build(self, split: str, data_dir: str | None) -> Task:
+        """The task, reading ``split`` of its dataset from ``data_dir``."""
+        if self.dataset is None:
+            return self.factory(name=self.name)
+        return self.factory(name=self.name, split=split, data_dir=data_dir)
+
+    def data_files(self, split: str) -> list[tuple[str, str]]:
+        """The ``(dataset, file name)`` pairs that ``split`` reads."""
+        return [] if self.dataset is None else [(self.dataset, f) for f in dataset_files(self.dataset, split)]
+
+
+BUILTIN_TASKS: dict[str, BuiltinTask] = {
+    task.name: task
+    for task in (
+        BuiltinTask(
+            "quadratic", "10-d quadratics ||W theta - y||^2 with fresh W, y per problem (paper 3.1)", QuadraticTask
+        ),
+        BuiltinTask(
+            "mnist-mlp",
+            "MNIST MLP, one hidden layer of 20 sigmoid units, batch 128 (paper 3.2)",
+            mnist_mlp_task,
+            "mnist",
+        ),
+        BuiltinTask(
+            "mnist-mlp-40",
+            "as mnist-mlp with 40 hidden units (paper figure 4)",
+            functools.partial(mnist_mlp_task, hidden=(40,)),
+            "mnist",
+        ),
+        BuiltinTask(
+            "mnist-mlp-2layer",
+            "as mnist-mlp with two hidden layers of 20 units (paper figure 4)",
+            functools.partial(mnist_mlp_task, hidden=(20, 20)),
+            "mnist",
+        ),
+        BuiltinTask(
+            "mnist-mlp-relu",
+            "as mnist-mlp with ReLU activations (paper figure 4)",
+            functools.partial(mnist_mlp_task, activation=nn.ReLU),
+            "mnist",
+        ),
+        BuiltinTask(
+            "mlp-tanh",
+            "MNIST MLP, one hidden layer of 64 tanh units, PyTorch default init, batch 128",
+            functools.partial(mnist_mlp_task, hidden=(64,), activation=nn.Tanh, init_std=None),
+            "mnist",
+        ),
+        BuiltinTask(
+            "mlp-gelu",
+            "MNIST MLP, two hidden layers of 32 GELU units, PyTorch default init, batch 128",
+            functools.partial(mnist_mlp_task, hidden=(32, 32), activation=nn.GELU, init_std=None),
+            "mnist",
+        ),
+        BuiltinTask(
+            "mlp-relu-layernorm",
+            "MNIST MLP, two hidden layers of 64 units with LayerNorm then ReLU, default init, batch 128",
+            functools.partial(mnist_mlp_task, hidden=(64, 64), activation=nn.ReLU, layernorm=True, init_std=None),
+            "mnist",
+        ),
+        BuiltinTask(
+            "fashion-mnist-mlp",
+            "as mnist-mlp (20 sigmoid units, N(0, 0.01^2) init) on Fashion-MNIST",
+            functools.partial(mnist_mlp_task, dataset="fashion-mnist"),
+            "fashion-mnist",
+        ),
+        BuiltinTask(
+            "logistic-regression",
+            "multinomial logistic regression on MNIST pixels (convex), default init, batch 128",
+            functools.partial(mnist_mlp_task, hidden=(), init_std=None),
+            "mnist",
+        ),
+        BuiltinTask(
+            "mnist-conv",
+            "MNIST conv net: 3x3 stride-2 convs of 8 and 16 channels with ReLU, then linear; batch 64",
+            mnist_conv_task,
+            "mnist",
+        ),
+        BuiltinTask(
+            "cifar-conv",
+            "CIFAR-10 subset (4,000 images) conv net: 3x3 stride-2 convs of 16 and 32 channels, linear; batch 64",
+            cifar_conv_task,
+            "cifar10-subset",
+        ),
+        BuiltinTask(
+            "mnist1d-mlp",
+            "MNIST-1D MLP, two hidden layers of 100 ReLU units, default init, batch 128",
+            mnist1d_mlp_task,
+            "mnist1d",
+        ),
+        BuiltinTask(
+            "char-rnn",
+            "tiny-shakespeare character GRU LM: embedding 16, hidden 64, windows of 32 chars, batch 32",
+            char_rnn_task,
+            "tinyshakespeare",
+        ),
+        BuiltinTask(
+            "char-attention",
+            "tiny-shakespeare character LM: one causal transformer block of width 32, 2 heads, batch 32",
+            functools.partial(char_rnn_task, architecture="attention", hidden=32),
+            "tinyshakespeare",
+        ),
+        BuiltinTask(
+            "quadratic-ill",
+            "20-d quadratics 1/2 (x-c)^T A (x-c), condition number log-uniform in [10, 1e4], random basis",
+            IllConditionedQuadraticTask,
+        ),
+    )
 }
+"""The built-in tasks, one declaration each, in the order ``learned-torch-optim list`` shows them."""
+
+TASK_DESCRIPTIONS: dict[str, str] = {name: task.description for name, task in BUILTIN_TASKS.items()}
+"""Built-in task name -> its one-line description."""
+
+
+def _parts(name: str) -> list[str]:
+    """The task names of a comma-separated mixture."""
+    return [part.strip() for part in name.split(",")]
+
+
+def _builtin(name: str) -> BuiltinTask:
+    if name not in BUILTIN_TASKS:
+        raise ValueError(f"unknown task {name!r}; built-in tasks: {', '.join(BUILTIN_TASKS)}")
+    return BUILTIN_TASKS[name]
 
 
 def task_data_files(name: str, split: str) -> list[tuple[str, str]]:
-    """The ``(dataset, file name)`` pairs that built-in task ``name`` reads for ``split`` (empty for synthetic
-    tasks), e.g. to key caches on the data's checksums."""
-    if "," in name:
-        return list(dict.fromkeys(f for part in name.split(",") for f in task_data_files(part.strip(), split)))
-    if name in _MNIST_VARIANTS:
-        return [(_MNIST_VARIANTS[name].get("dataset", "mnist"), f) for f in _IDX_FILES[split]]
-    if name not in _OTHER_DATA_TASKS:
-        return []
-    dataset = _OTHER_DATA_TASKS[name][1]
-    if dataset in ("mnist", "fashion-mnist"):
-        return [(dataset, f) for f in _IDX_FILES[split]]
-    if dataset == "cifar10-subset":
-        return [(dataset, _CIFAR_FILES[split])]
-    if dataset == "mnist1d":
-        return [(dataset, "mnist1d_data.npz")]
-    return [(dataset, "input.txt")]
+    """The ``(dataset, file name)`` pairs that built-in task ``name`` (or a comma-separated mixture) reads for
+    ``split`` (empty for synthetic tasks), e.g. to key caches on the data's checksums."""
+    return list(dict.fromkeys(f for part in _parts(name) for f in _builtin(part).data_files(split)))
 
 
 def get_task(name: str, *, split: str = "train", data_dir: str | None = None) -> Task:
-    """A built-in task by name (see :data:`TASK_DESCRIPTIONS`); dataset tasks read ``split`` from ``data_dir``.
+    """A built-in task by name (see :data:`BUILTIN_TASKS`); dataset tasks read ``split`` from ``data_dir``.
     A comma-separated list of names is their :class:`MixtureTask`."""
     if "," in name:
-        return MixtureTask([get_task(part.strip(), split=split, data_dir=data_dir) for part in name.split(",")])
-    if name == "quadratic":
-        return QuadraticTask()
-    if name == "quadratic-ill":
-        return IllConditionedQuadraticTask()
-    if name in _MNIST_VARIANTS:
-        return mnist_mlp_task(name, split=split, data_dir=data_dir, **_MNIST_VARIANTS[name])
-    if name in _OTHER_DATA_TASKS:
-        return _OTHER_DATA_TASKS[name][0](name, split=split, data_dir=data_dir)
-    raise ValueError(f"unknown task {name!r}; built-in tasks: {', '.join(TASK_DESCRIPTIONS)}")
+        return MixtureTask([get_task(part, split=split, data_dir=data_dir) for part in _parts(name)])
+    return _builtin(name).build(split, data_dir)
