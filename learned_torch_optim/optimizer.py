@@ -131,7 +131,10 @@ class LearnedOptimizer(Optimizer):
     Args:
         params: parameters or parameter groups, as for any ``torch.optim`` optimizer.
         weights: a packaged name (see :func:`list_pretrained`), a local ``save_pretrained`` directory, a hub repo
-            id ``org/name``, or a :class:`CoordinatewiseLSTM` instance.
+            id ``org/name``, or a :class:`CoordinatewiseLSTM` instance: the network of every parameter group that
+            does not name its own.  A group may: ``{"params": ..., "weights": ..., "revision": ...}`` (e.g. one
+            network for convolutional weights and one for the rest, as the paper's CIFAR-10 experiment).
+            ``self.group_networks`` lists each group's network, ``self.network`` is the constructor's.
         revision: branch, tag or commit when ``weights`` is a hub repo id.
         lr: multiplies the network's output; 1.0 is the update the network was meta-trained to make and 0.0 is
             an exact no-op.  LR schedulers act through ``group["lr"]``.
@@ -151,8 +154,10 @@ class LearnedOptimizer(Optimizer):
             fp32, the state is rounded when stored).
 
     State per parameter: ``step`` and ``lstm_state``, the hidden and cell state of every LSTM layer for every
-    coordinate (``state_size`` floats of ``state_dtype`` per coordinate, 80 for the paper's network), followed by
-    the network's gradient accumulators when it has extra inputs.
+    coordinate (``state_size`` floats of ``state_dtype`` per coordinate of its group's network, 80 for the paper's
+    network), followed by the network's gradient accumulators when it has extra inputs.  ``state_dict()`` records
+    which weights each group's state belongs to (``group_weights_identities``); loading it into an optimizer whose
+    group runs other weights warns.
     """
 
     def __init__(
@@ -178,16 +183,33 @@ class LearnedOptimizer(Optimizer):
         if not 0.0 <= weight_decay:
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
         defaults = dict(lr=lr, weight_decay=weight_decay, maximize=maximize)
-        super().__init__(params, defaults)
-        self.network = load_weights(weights, revision=revision)
-        if state_dtype != torch.float32 and self.network.accumulator_size:
-            raise ValueError(
-                f"state_dtype={state_dtype} would round the gradient accumulators (momenta, second moment, step "
-                f"count) of weights {weights!r} (config {self.network.config}); they need torch.float32"
-            )
         self.implementation = implementation
         self.state_dtype = state_dtype
         self._warned_non_finite = False
+        self.network = self._checked_network(weights, revision)
+        self.group_networks: list[CoordinatewiseLSTM] = []
+        super().__init__(params, defaults)
+
+    def _checked_network(self, weights: str | os.PathLike | CoordinatewiseLSTM, revision: str | None):
+        network = load_weights(weights, revision=revision)
+        if self.state_dtype != torch.float32 and network.accumulator_size:
+            raise ValueError(
+                f"state_dtype={self.state_dtype} would round the gradient accumulators (momenta, second moment, "
+                f"step count) of weights {weights!r} (config {network.config}); they need torch.float32"
+            )
+        return network
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group as ``torch.optim.Optimizer.add_param_group`` does.  A group may name its own weights with
+        ``"weights"`` (and ``"revision"``), as the constructor's arguments: it then runs that network, with state of
+        that network's size; other groups run the constructor's weights."""
+        if "revision" in param_group and "weights" not in param_group:
+            raise ValueError("a parameter group gives 'revision' without 'weights'; give both or neither")
+        weights = param_group.pop("weights", None)
+        revision = param_group.pop("revision", None)
+        network = self.network if weights is None else self._checked_network(weights, revision)
+        super().add_param_group(param_group)
+        self.group_networks.append(network)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -197,24 +219,28 @@ class LearnedOptimizer(Optimizer):
         self.__dict__.setdefault("implementation", "auto")
         self.__dict__.setdefault("state_dtype", torch.float32)
         self.__dict__.setdefault("_warned_non_finite", False)
+        self.__dict__.setdefault("group_networks", [self.network] * len(self.param_groups))
 
     def __getstate__(self) -> dict[str, Any]:
         return {
             **super().__getstate__(),
             "network": self.network,
+            "group_networks": self.group_networks,
             "implementation": self.implementation,
             "state_dtype": self.state_dtype,
         }
 
-    def _network_on(self, device: torch.device) -> CoordinatewiseLSTM:
-        """The network on ``device``: itself where it lives, else a copy made now (so that changes made to
-        ``self.network`` in place are always seen)."""
-        home = next(self.network.parameters()).device
-        return self.network if home == device else copy.deepcopy(self.network).to(device)
+    @staticmethod
+    def _network_on(network: CoordinatewiseLSTM, device: torch.device) -> CoordinatewiseLSTM:
+        """``network`` on ``device``: itself where it lives, else a copy made now (so that changes made to the
+        network in place are always seen)."""
+        home = next(network.parameters()).device
+        return network if home == device else copy.deepcopy(network).to(device)
 
     def _init_group(
         self,
         group: dict[str, Any],
+        network: CoordinatewiseLSTM,
         params: list[Tensor],
         grads: list[Tensor],
         states: list[Tensor],
@@ -234,7 +260,7 @@ class LearnedOptimizer(Optimizer):
             state = self.state[p]
             if len(state) == 0:
                 state["step"] = torch.tensor(0.0, dtype=torch.float32)
-                state[STATE_KEY] = _zero_state(p, self.network.state_size, self.state_dtype)
+                state[STATE_KEY] = _zero_state(p, network.state_size, self.state_dtype)
             params.append(_local(p))
             grads.append(_local(p.grad))
             states.append(_local(state[STATE_KEY]))
@@ -248,15 +274,15 @@ class LearnedOptimizer(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         gathered = []  # every group first, so that a parameter refused in any group leaves all unchanged
-        for group in self.param_groups:
+        for group, network in zip(self.param_groups, self.group_networks):
             params: list[Tensor] = []
             grads: list[Tensor] = []
             states: list[Tensor] = []
             steps: list[Tensor] = []
-            self._init_group(group, params, grads, states, steps)
-            gathered.append((group, [params, grads, states, steps]))
+            self._init_group(group, network, params, grads, states, steps)
+            gathered.append((group, network, [params, grads, states, steps]))
         all_finite = True
-        for group, tensors in gathered:
+        for group, network, tensors in gathered:
             if not tensors[0]:
                 continue
             buckets = Optimizer._group_tensors_by_device_and_dtype(tensors)
@@ -264,12 +290,12 @@ class LearnedOptimizer(Optimizer):
                 options = dict(lr=group["lr"], weight_decay=group["weight_decay"], maximize=group["maximize"])
                 chosen = choose_implementation(self.implementation, device)
                 if chosen == "reference":
-                    network = self._network_on(device)
-                    all_finite &= learned_step(b_params, b_grads, b_states, network=network, **options)
+                    on_device = self._network_on(network, device)
+                    all_finite &= learned_step(b_params, b_grads, b_states, network=on_device, **options)
                 else:
                     real_params, real_grads = [_real(p) for p in b_params], [_real(g) for g in b_grads]
                     all_finite &= step_in_blocks(
-                        real_params, real_grads, b_states, self.network, compiled=chosen == "compiled", **options
+                        real_params, real_grads, b_states, network, compiled=chosen == "compiled", **options
                     )
                 torch._foreach_add_(b_steps, 1)
         if not all_finite and not self._warned_non_finite:
@@ -289,6 +315,7 @@ class LearnedOptimizer(Optimizer):
     def state_dict(self) -> dict[str, Any]:
         state_dict = super().state_dict()
         state_dict["weights_identity"] = self.network.weights_identity.as_dict()
+        state_dict["group_weights_identities"] = [network.weights_identity.as_dict() for network in self.group_networks]
         return state_dict
 
     def _param_labels(self) -> list[tuple[Tensor, str]]:
@@ -323,22 +350,22 @@ class LearnedOptimizer(Optimizer):
             isinstance(g, Mapping) and isinstance(g.get("params"), (list, tuple)) for g in saved_groups
         ):
             raise ValueError(f"{where}: state_dict['param_groups'] must be a list of dicts, each with a 'params' list")
-        saved_identity = state_dict.get("weights_identity")
-        if saved_identity is not None and not isinstance(saved_identity, Mapping):
-            raise ValueError(f"{where}: state_dict['weights_identity'] must be a dict, got {saved_identity!r}")
-        if saved_identity is not None and saved_identity.get("sha256") != self.network.weights_identity.sha256:
-            warnings.warn(
-                f"{where}: the saved LSTM state belongs to weights {dict(saved_identity)}, but this optimizer runs "
-                f"{self.network.weights_identity.as_dict()}; that state means nothing to another network (call "
-                "reset_state() to start afresh)",
-                UserWarning,
-                stacklevel=3,
-            )
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(
                 f"{where}: the state dict has {len(saved_groups)} parameter groups, this optimizer "
                 f"{len(self.param_groups)}; create the optimizer with the same groups it was saved with"
             )
+        saved_identities = self._saved_identities(state_dict, where)
+        for index, (saved_identity, network) in enumerate(zip(saved_identities, self.group_networks)):
+            if saved_identity is not None and saved_identity.get("sha256") != network.weights_identity.sha256:
+                group = f" of parameter group {index}" if len(self.param_groups) > 1 else ""
+                warnings.warn(
+                    f"{where}: the saved LSTM state{group} belongs to weights {dict(saved_identity)}, but this "
+                    f"optimizer runs {network.weights_identity.as_dict()} there; that state means nothing to another "
+                    "network (call reset_state() to start afresh)",
+                    UserWarning,
+                    stacklevel=3,
+                )
         for index, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
             if len(saved["params"]) != len(group["params"]):
                 raise ValueError(
@@ -350,13 +377,41 @@ class LearnedOptimizer(Optimizer):
         unknown = set(saved_state).difference(saved_ids)
         if unknown:
             raise ValueError(f"{where}: state_dict['state'] has entries {sorted(unknown, key=str)} for no parameter")
-        for param_id, (param, label) in zip(saved_ids, self._param_labels()):
+        networks = [network for group, network in zip(self.param_groups, self.group_networks) for _ in group["params"]]
+        identities = [identity for group, identity in zip(saved_groups, saved_identities) for _ in group["params"]]
+        for param_id, (param, label), network, identity in zip(saved_ids, self._param_labels(), networks, identities):
             if param_id in saved_state:
-                self._check_param_state(saved_state[param_id], param, f"{param_id!r}", label, saved_identity)
+                self._check_param_state(saved_state[param_id], param, f"{param_id!r}", label, network, identity)
         return saved_ids
 
+    def _saved_identities(self, state_dict: Mapping[str, Any], where: str) -> list[Mapping[str, Any] | None]:
+        """The weights each saved group's state belongs to: ``group_weights_identities``, else (state dicts from
+        before per-group weights) ``weights_identity`` for every group; ``None`` where not recorded."""
+        overall = state_dict.get("weights_identity")
+        if overall is not None and not isinstance(overall, Mapping):
+            raise ValueError(f"{where}: state_dict['weights_identity'] must be a dict, got {overall!r}")
+        per_group = state_dict.get("group_weights_identities")
+        if per_group is None:
+            return [overall] * len(self.param_groups)
+        if (
+            not isinstance(per_group, (list, tuple))
+            or len(per_group) != len(self.param_groups)
+            or not all(isinstance(identity, Mapping) for identity in per_group)
+        ):
+            raise ValueError(
+                f"{where}: state_dict['group_weights_identities'] must be a list of {len(self.param_groups)} dicts, "
+                f"one per parameter group, got {per_group!r}"
+            )
+        return list(per_group)
+
     def _check_param_state(
-        self, saved: Mapping[str, Any], param: Tensor, key: str, label: str, saved_identity: Mapping[str, Any] | None
+        self,
+        saved: Mapping[str, Any],
+        param: Tensor,
+        key: str,
+        label: str,
+        network: CoordinatewiseLSTM,
+        saved_identity: Mapping[str, Any] | None,
     ) -> None:
         """Refuse the saved state ``state_dict['state'][key]`` of the parameter ``label`` unless it is ``step`` and
         ``lstm_state`` as this optimizer keeps them, finite."""
@@ -372,12 +427,12 @@ class LearnedOptimizer(Optimizer):
         if not isinstance(lstm_state, Tensor) or not lstm_state.is_floating_point():
             kind = lstm_state.dtype if isinstance(lstm_state, Tensor) else type(lstm_state)
             raise ValueError(f"{where}: {STATE_KEY!r} must be a floating-point tensor, got {kind}")
-        expected = (*_real(param).shape, self.network.state_size)
+        expected = (*_real(param).shape, network.state_size)
         if tuple(lstm_state.shape) != expected:
             raise ValueError(
                 f"LearnedOptimizer.load_state_dict: the saved LSTM state of {label} has shape "
                 f"{tuple(lstm_state.shape)}, but this parameter and network need {expected} (saved for weights "
-                f"{saved_identity}, this optimizer runs {self.network.weights_identity.as_dict()})"
+                f"{saved_identity}, this optimizer runs {network.weights_identity.as_dict()})"
             )
         if not 0 <= float(step) < math.inf or not torch.isfinite(_local(lstm_state)).all():
             raise ValueError(

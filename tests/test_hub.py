@@ -302,6 +302,27 @@ def test_repo_id_at_pinned_revision_runs_exactly_as_the_local_folder(hub, tmp_pa
     assert all(method in ("HEAD", "GET") for method, _, _ in hub.requests)
 
 
+def test_parameter_groups_load_their_own_hub_ids_and_revisions(hub, tmp_path):
+    conv = _weights_folder(tmp_path / "conv", seed=3, hidden_size=6)
+    fc = _weights_folder(tmp_path / "fc", seed=4, hidden_size=5, num_layers=1)
+    conv_sha = hub.add_commit("org/conv-lstm", _weight_files(conv))
+    hub.add_commit("org/conv-lstm", _weight_files(fc))  # main moves on; the pinned group must not
+    hub.add_commit("org/fc-lstm", _weight_files(fc))
+    params = [torch.nn.Parameter(torch.randn(4)), torch.nn.Parameter(torch.randn(3))]
+    optimizer = LearnedOptimizer(
+        [{"params": params[:1], "weights": "org/conv-lstm", "revision": conv_sha}, {"params": params[1:]}],
+        weights="org/fc-lstm",
+    )
+    conv_identity, fc_identity = (network.weights_identity for network in optimizer.group_networks)
+    assert (conv_identity.source, conv_identity.revision) == ("org/conv-lstm", conv_sha)
+    assert conv_identity.sha256 == load_weights(conv).weights_identity.sha256
+    assert fc_identity.source == "org/fc-lstm" and fc_identity.sha256 == load_weights(fc).weights_identity.sha256
+    for param in params:
+        param.grad = torch.ones_like(param)
+    optimizer.step()
+    assert [optimizer.state[p]["lstm_state"].shape[-1] for p in params] == [4 * 6, 2 * 5]
+
+
 def test_cached_weights_load_offline_in_another_process(hub, hf_home, tmp_path, monkeypatch):
     folder = _weights_folder(tmp_path / "w", seed=3)
     sha = hub.add_commit("org/l2l", _weight_files(folder))
