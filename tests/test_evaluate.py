@@ -17,12 +17,19 @@ from learned_torch_optim.meta.evaluation import (
     EvaluationResult,
     OptimizerResult,
     RunResult,
+    best_lr,
+    descended,
+    diverged,
     evaluate,
+    final_loss,
     format_results_markdown,
     format_results_table,
+    horizon_mean,
+    horizon_sum,
     problem_seeds,
     run_learned,
     run_optimizer,
+    tail_mean,
 )
 
 FAST = dict(problems=2, steps=10, progress=False)
@@ -282,3 +289,29 @@ def test_results_json_loads_back_into_the_table(tmp_path):
     result.save(tmp_path, plot=False)
     data = json.loads((tmp_path / "results.json").read_text())
     assert format_results_table(data) == format_results_table(result)
+
+
+def test_protocol_scores_and_divergence():
+    curves = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0], [1.0, 2.0, 3.0, 4.0, 5.0], [1.0, math.nan, 1.0, 1.0, 1.0]])
+    assert diverged(curves).tolist() == [False, False, True]
+    assert horizon_sum(curves).tolist() == [10.0, 15.0, math.inf]
+    assert horizon_mean(curves).tolist() == [2.0, 3.0, math.inf]
+    assert final_loss(curves).tolist() == [0.0, 5.0, math.inf]
+    assert tail_mean(curves, 0.4).tolist() == [0.5, 4.5, math.inf]
+    assert tail_mean(curves, 0.01).tolist() == [0.0, 5.0, math.inf]  # at least the last step
+    assert descended(curves, 0.4).tolist() == [True, False, False]
+    assert best_lr({0.1: 2.0, 0.3: 1.0, 1.0: 1.0, 3.0: math.inf}) == 0.3
+    assert best_lr({1.0: math.inf, 3.0: math.nan}) is None
+
+
+def test_a_run_stops_at_its_first_non_finite_loss():
+    steps = []
+
+    class CountingSGD(torch.optim.SGD):
+        def step(self, closure=None):
+            steps.append(1)
+            return super().step(closure)
+
+    curve = run_optimizer(get_task("quadratic").problem(0), lambda p: CountingSGD(p, lr=1e3), steps=40)
+    first = int((~torch.isfinite(curve)).nonzero()[0])
+    assert first < 39 and len(steps) == first and torch.isnan(curve[first + 1 :]).all()
