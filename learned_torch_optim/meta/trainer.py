@@ -20,9 +20,9 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..network import CoordinatewiseLSTM
 from ..weights import load_weights
+from .bptt import log_loss, unroll
 from .files import atomic_write, atomic_write_text, file_mode, temporaries
 from .tasks import Problem, RescaledProblem, Task, get_task
-from .unroll import log_loss, unroll
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"

@@ -1,4 +1,5 @@
-"""The differentiable truncated unroll (paper section 2, figure 2).
+"""Truncated backpropagation through time: the differentiable unroll of one truncation (paper section 2,
+figure 2).
 
 Within one truncation of ``T`` steps, starting from ``theta_0`` and LSTM state ``s_0``::
 
