@@ -5,6 +5,7 @@ import json
 import os
 import re
 import struct
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,9 +13,10 @@ from conftest import write_sha256sums
 
 from learned_torch_optim import CoordinatewiseLSTM, LearnedOptimizer
 from learned_torch_optim.meta import MetaTrainer, ModuleTask, Problem, Task, TrainConfig, get_task, unroll
+from learned_torch_optim.meta.cli import NETWORK_OPTIONS, SETTINGS, build_parser, network_default, train_config
 from learned_torch_optim.meta.cli import main as cli_main
 from learned_torch_optim.meta.data import DataChecksumError, DataNotFoundError, load_image_classification, read_idx
-from learned_torch_optim.meta.trainer import meta_iteration
+from learned_torch_optim.meta.trainer import changed_settings, meta_iteration
 
 
 class Square(Problem):
@@ -299,6 +301,65 @@ def test_cli_list_and_bad_arguments(capsys):
     assert "mnist-mlp-relu" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         cli_main(["train", "--task", "nope", "--out", "x"])
+
+
+def test_train_flags_are_the_settings_and_network_options_with_their_defaults(capsys):
+    argv = ["train", "--task", "quadratic", "--out", "run"]
+    config = train_config(build_parser().parse_args(argv), argv, "cpu")
+    assert replace(config, network={}, command="") == TrainConfig(task="quadratic")
+    assert config.network == {name: network_default(name) for name in NETWORK_OPTIONS}
+    assert CoordinatewiseLSTM(**config.network).config == CoordinatewiseLSTM().config
+    assert config.command == "learned-torch-optim train --task quadratic --out run"
+    with pytest.raises(SystemExit):
+        cli_main(["train", "--help"])
+    shown = capsys.readouterr().out
+    named = [name for name in [*SETTINGS, *NETWORK_OPTIONS] if name not in ("init_weights", "network", "command")]
+    assert all(f" {flag} " in shown for flag in ["--init-from", *("--" + name.replace("_", "-") for name in named)])
+
+
+MUST_KEEP_ON_RESUME = {  # for every setting --resume must keep, a value other than quick_config's
+    "task": "quadratic-ill",
+    "horizon": 40,
+    "horizon_curriculum": [10, 20],
+    "init": "forget_bias",
+    "init_weights": "l2l-paper-quadratic",
+    "param_scale": 2.0,
+    "unroll": 5,
+    "meta_lr": 1e-2,
+    "meta_lr_schedule": "cosine",
+    "clip_grad_norm": 1.0,
+    "meta_loss": "log",
+    "meta_loss_final": True,
+    "second_derivatives": True,
+    "meta_batch_size": 3,
+    "seed": 1,
+    "validation_problems": 3,
+    "validation_horizon": 30,
+    "validate_every": 3,
+    "network": {"preprocessing": "identity", "output_scale": 1.0, "hidden_size": 9},
+}
+
+
+def test_resume_refuses_a_change_of_every_setting_but_those_declared_changeable():
+    saved = quick_config()
+    changeable = {name for name, setting in SETTINGS.items() if setting.metadata["may_change_on_resume"]}
+    assert changeable == {"iterations", "checkpoint_every", "data_dir", "device", "command"}
+    assert set(MUST_KEEP_ON_RESUME) == set(SETTINGS) - changeable
+    for name, value in MUST_KEEP_ON_RESUME.items():
+        assert changed_settings(saved, replace(saved, **{name: value})) == [name]
+    others = dict(iterations=9, checkpoint_every=3, data_dir="elsewhere", command="learned-torch-optim train")
+    spelled_out = {**saved.network, "momentum_decays": [], "output": "additive"}
+    assert changed_settings(saved, replace(saved, network=spelled_out, **others)) == []
+
+
+def test_the_card_has_a_row_for_every_setting_that_declares_one(tmp_path):
+    MetaTrainer(quick_config(iterations=1), tmp_path).train(progress=False)
+    card = (tmp_path / "README.md").read_text()
+    rows = [line.split(" | ")[0].removeprefix("| ") for line in card.splitlines() if line.startswith("| ")]
+    labels = [setting.metadata["card"] for setting in SETTINGS.values() if setting.metadata["card"] is not None]
+    labels = [label if isinstance(label, str) else label[0] for label in labels]
+    assert rows[2 : 2 + len(labels)] == labels
+    assert "| problems per iteration | 4 |" in card and "| horizon curriculum (equal stages) | none |" in card
 
 
 class Shifted(Task):

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import shlex
 import sys
+import types
 from collections.abc import Callable, Sequence
+from dataclasses import MISSING, fields
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-from ..network import OUTPUTS, PREPROCESSINGS
+from ..network import OUTPUTS, PREPROCESSINGS, CoordinatewiseLSTM
 from ..weights import DEFAULT_WEIGHTS, list_pretrained
 from .tasks import TASK_DESCRIPTIONS
+from .trainer import FINE_TUNING_CHANGES, MetaTrainer, TrainConfig
 
 
 def _task_names(text: str) -> str:
@@ -23,22 +28,61 @@ def _task_names(text: str) -> str:
     return ",".join(names)
 
 
-NETWORK_FLAGS = (
-    "hidden_size",
-    "num_layers",
-    "preprocessing",
-    "preprocessing_p",
-    "output_scale",
-    "momentum_decays",
-    "second_moment_decay",
-    "step_timescales",
-    "readout_skip",
-    "output",
-    "magnitude_scale",
-    "update_clip",
-    "gradient_rms_clip",
-)
-"""The ``train`` flags that make up ``TrainConfig.network`` (``CoordinatewiseLSTM`` arguments)."""
+SETTINGS = {setting.name: setting for setting in fields(TrainConfig)}
+"""The training settings, each declared once in :class:`TrainConfig`; every one with a flag is a ``train`` flag."""
+SETTING_TYPES = {"task": _task_names}
+"""Settings whose flag reads more than the field's type says."""
+NETWORK_OPTIONS = {
+    name: parameter
+    for name, parameter in inspect.signature(CoordinatewiseLSTM.__init__).parameters.items()
+    if parameter.kind is parameter.POSITIONAL_OR_KEYWORD and name != "self"
+}
+"""The network options, declared once: ``CoordinatewiseLSTM``'s arguments (documented in its docstring)."""
+NETWORK_CHOICES = {"preprocessing": PREPROCESSINGS, "output": OUTPUTS}
+"""The network options that take one of a few names (their annotation says ``str``)."""
+
+
+def _documented_arguments(cls: type) -> dict[str, str]:
+    """The ``Args:`` section of ``cls``'s docstring: the text of each argument, its lines joined."""
+    section = (inspect.getdoc(cls) or "").split("\nArgs:\n", 1)[-1].split("\n\n", 1)[0]
+    texts: dict[str, str] = {}
+    name = ""
+    for line in section.splitlines():
+        if line.startswith(" " * 8):  # a continuation line
+            texts[name] += " " + line.strip()
+        else:
+            name, _, text = line.strip().partition(": ")
+            texts[name] = text
+    return {name: text.replace("``", "") for name, text in texts.items()}
+
+
+def network_default(name: str) -> Any:
+    """The default of network option ``name`` as its flag holds it (a sequence as a list)."""
+    default = NETWORK_OPTIONS[name].default
+    return list(default) if isinstance(default, tuple) else default
+
+
+def _add_argument(
+    parser: argparse._ActionsContainer, flag: str, dest: str, hint: Any, default: Any, help: str, **options: Any
+) -> None:
+    """A flag for a value of type ``hint``: ``X | None`` takes an ``X``, a ``Literal`` one of its values, a ``bool``
+    is a switch, a list or sequence takes any number of values."""
+    if get_origin(hint) is types.UnionType:
+        (hint,) = [arg for arg in get_args(hint) if arg is not type(None)]
+    if get_origin(hint) is Literal:
+        options = {"choices": list(get_args(hint)), **options}
+        hint = str
+    if hint is bool:
+        options = {"action": "store_true", **options}
+    elif get_origin(hint) in (list, Sequence):
+        (element,) = get_args(hint)
+        options = {"type": element, "nargs": "*", **options}
+        default = list(default)
+    else:
+        options = {"type": hint, **options}
+    if options.get("required"):
+        default = argparse.SUPPRESS  # a required flag's default is never used: not shown in --help either
+    parser.add_argument(flag, dest=dest, default=default, help=help.replace("%", "%%"), **options)
 
 
 def _add_train(subparsers: argparse._SubParsersAction) -> None:
@@ -49,21 +93,7 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         "(config.json, model.safetensors, README.md model card) plus checkpoint.pt and metrics.jsonl into --out.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument(
-        "--task",
-        required=True,
-        type=_task_names,
-        help=f"built-in task family, or several separated by commas (a mixture); one of {', '.join(TASK_DESCRIPTIONS)}",
-    )
     p.add_argument("--out", required=True, help="run directory (weights, checkpoint, metrics log)")
-    p.add_argument(
-        "--iterations",
-        type=int,
-        default=1000,
-        help="iterations: each optimises --meta-batch-size fresh problems over the full horizon",
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-dir", default=None, help="folder with one sub-folder per dataset (DIR/mnist/...)")
     start = p.add_mutually_exclusive_group()
     start.add_argument(
         "--resume",
@@ -76,86 +106,26 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="train into --out even if it holds another run or other files (the files the run writes are replaced)",
     )
-    p.add_argument("--horizon", type=int, default=100, help="optimizee steps per problem")
-    p.add_argument("--unroll", type=int, default=20, help="truncation length of BPTT")
-    p.add_argument("--meta-lr", type=float, default=1e-3, help="Adam learning rate of the meta-optimizer")
-    p.add_argument(
-        "--meta-lr-schedule", choices=["constant", "cosine"], default="constant", help="of the meta learning rate"
-    )
-    p.add_argument("--meta-batch-size", type=int, default=None, help="problems per iteration (task default)")
-    p.add_argument("--clip-grad-norm", type=float, default=None, help="clip the meta-gradient to this norm")
-    p.add_argument(
-        "--meta-loss-final",
-        action="store_true",
-        help="add f(theta_T), the loss after a truncation's last update, to its meta-loss (as the original code)",
-    )
-    p.add_argument(
-        "--second-derivatives",
-        action="store_true",
-        help="differentiate through the optimizee's gradients too (the exact meta-gradient; the paper drops it)",
-    )
-    p.add_argument(
-        "--meta-loss",
-        choices=["sum", "log"],
-        default="sum",
-        help="sum of the losses over a truncation (the paper) or of their logarithms (Wichrowska et al. 2017)",
-    )
-    p.add_argument(
-        "--horizon-curriculum",
-        type=int,
-        nargs="+",
-        default=[],
-        metavar="H",
-        help="training horizons for equal consecutive stages of the run (Chen et al. 2020)",
-    )
-    p.add_argument(
-        "--param-scale",
-        type=float,
-        default=None,
-        help="rescale each training problem's coordinates by factors log-uniform in [1/S, S] (Lv et al. 2017)",
-    )
-    p.add_argument(
-        "--init",
-        choices=["default", "forget_bias", "adam"],
-        default="default",
-        help="'forget_bias': +1 on the forget gates' biases (as the original code's LSTM); 'adam': start as Adam "
-        "(lr = --output-scale; needs adam_normalized inputs, momentum 0.9, --readout-skip)",
-    )
-    p.add_argument(
-        "--init-from",
-        default=None,
-        metavar="WEIGHTS",
-        help="start from these weights (packaged name, directory or hub repo id) and their network config, to which "
-        "--momentum-decays and --step-timescales can add inputs (zero weights at first) and --update-clip and "
-        "--gradient-rms-clip can set step bounds; leave the other network flags at their defaults",
-    )
-    p.add_argument("--validate-every", type=int, default=50, help="iterations between validations")
-    p.add_argument("--validation-problems", type=int, default=10)
-    p.add_argument(
-        "--validation-horizon", type=int, default=None, help="optimizee steps per validation problem (--horizon)"
-    )
-    p.add_argument("--checkpoint-every", type=int, default=10, help="iterations between checkpoints")
-    p.add_argument("--hidden-size", type=int, default=20)
-    p.add_argument("--num-layers", type=int, default=2)
-    p.add_argument("--preprocessing", choices=list(PREPROCESSINGS), default="log_sign")
-    p.add_argument("--preprocessing-p", type=float, default=10.0)
-    p.add_argument("--output-scale", type=float, default=0.1)
-    p.add_argument("--momentum-decays", type=float, nargs="*", default=[], help="extra inputs: gradient averages")
-    p.add_argument("--second-moment-decay", type=float, default=0.999, help="beta2 of adam_normalized inputs")
-    p.add_argument("--step-timescales", type=float, nargs="*", default=[], help="extra inputs: tanh(step / tau)")
-    p.add_argument("--readout-skip", action="store_true", help="the read-out also sees the network's inputs")
-    p.add_argument("--output", choices=list(OUTPUTS), default="additive")
-    p.add_argument("--magnitude-scale", type=float, default=1.0, help="of the direction_magnitude output")
-    p.add_argument("--update-clip", type=float, default=None, help="bound on each coordinate's update |u_t|")
-    p.add_argument(
-        "--gradient-rms-clip",
-        type=float,
-        default=None,
-        help="clip each gradient to this many times its running RMS before the inputs (adam_normalized only)",
-    )
-    p.add_argument("--device", default="cpu", help="torch device for the network and the problems, e.g. cuda")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(network_defaults={name: p.get_default(name) for name in NETWORK_FLAGS})
+
+    training = p.add_argument_group("training settings (TrainConfig)")
+    hints = get_type_hints(TrainConfig)
+    for name, setting in SETTINGS.items():
+        flag = setting.metadata["flag"]
+        if flag:
+            default = setting.default_factory() if setting.default is MISSING else setting.default
+            options = {**setting.metadata["argparse"]}
+            if name in SETTING_TYPES:
+                options["type"] = SETTING_TYPES[name]
+            flag = "--" + name.replace("_", "-") if flag is True else flag
+            _add_argument(training, flag, name, hints[name], default, setting.metadata["help"], **options)
+
+    network = p.add_argument_group("network (CoordinatewiseLSTM arguments)")
+    hints, texts = get_type_hints(CoordinatewiseLSTM.__init__), _documented_arguments(CoordinatewiseLSTM)
+    for name in NETWORK_OPTIONS:
+        options = {"choices": list(NETWORK_CHOICES[name])} if name in NETWORK_CHOICES else {}
+        flag = "--" + name.replace("_", "-")
+        _add_argument(network, flag, name, hints[name], network_default(name), texts[name], **options)
 
 
 def _init_distributed(device: str) -> str:
@@ -174,48 +144,27 @@ def _init_distributed(device: str) -> str:
     return device
 
 
-def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from .trainer import FINE_TUNING_CHANGES, MetaTrainer, TrainConfig
-
-    device = _init_distributed(args.device)
-    network = {name: getattr(args, name) for name in NETWORK_FLAGS}
-    if args.init_from is not None:
-        network = {name: value for name, value in network.items() if value != args.network_defaults[name]}
+def train_config(args: argparse.Namespace, argv: Sequence[str], device: str) -> TrainConfig:
+    """The :class:`TrainConfig` of a parsed ``train`` command ``argv``: its settings, its network options (with
+    ``--init-from``, only those changed from their defaults) and the command, for the model card."""
+    network = {name: getattr(args, name) for name in NETWORK_OPTIONS}
+    if args.init_weights is not None:
+        network = {name: value for name, value in network.items() if value != network_default(name)}
         fixed = [name for name in network if name not in FINE_TUNING_CHANGES]
         if fixed:
             flags = ", ".join("--" + name.replace("_", "-") for name in fixed)
             raise SystemExit(
-                f"--init-from {args.init_from}: the network comes from those weights (which can only gain inputs "
+                f"--init-from {args.init_weights}: the network comes from those weights (which can only gain inputs "
                 f"with --momentum-decays and --step-timescales, or take --update-clip and --gradient-rms-clip); "
                 f"drop {flags}"
             )
+    settings = {name: getattr(args, name) for name, setting in SETTINGS.items() if setting.metadata["flag"]}
+    command = "learned-torch-optim " + " ".join(shlex.quote(a) for a in argv if a not in ("--resume", "--overwrite"))
+    return TrainConfig(**{**settings, "device": device, "network": network, "command": command})
 
-    config = TrainConfig(
-        task=args.task,
-        iterations=args.iterations,
-        horizon=args.horizon,
-        unroll=args.unroll,
-        meta_lr=args.meta_lr,
-        meta_lr_schedule=args.meta_lr_schedule,
-        meta_batch_size=args.meta_batch_size,
-        clip_grad_norm=args.clip_grad_norm,
-        meta_loss_final=args.meta_loss_final,
-        second_derivatives=args.second_derivatives,
-        meta_loss=args.meta_loss,
-        init=args.init,
-        init_weights=args.init_from,
-        param_scale=args.param_scale,
-        horizon_curriculum=args.horizon_curriculum,
-        seed=args.seed,
-        validate_every=args.validate_every,
-        validation_problems=args.validation_problems,
-        validation_horizon=args.validation_horizon,
-        checkpoint_every=args.checkpoint_every,
-        data_dir=args.data_dir,
-        device=device,
-        network=network,
-        command="learned-torch-optim " + " ".join(shlex.quote(a) for a in argv if a not in ("--resume", "--overwrite")),
-    )
+
+def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    config = train_config(args, argv, _init_distributed(args.device))
     trainer = MetaTrainer(config, args.out)
     out = trainer.train(resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     if trainer.rank == 0:
@@ -273,17 +222,12 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
         help="packaged name, save_pretrained folder or hub repo id; omit to evaluate the baselines only",
     )
     p.add_argument("--revision", default=None, help="branch, tag or commit when --weights is a hub repo id")
-    p.add_argument(
-        "--task",
-        required=True,
-        type=_task_names,
-        help=f"built-in task family, or several separated by commas (a mixture); one of {', '.join(TASK_DESCRIPTIONS)}",
-    )
+    p.add_argument("--task", required=True, type=_task_names, help=SETTINGS["task"].metadata["help"])
     p.add_argument("--out", required=True, help="folder for results.json, results.md and curves.png")
     p.add_argument("--problems", type=_int_at_least(1), default=10, help="problems every optimizer runs on")
     p.add_argument("--steps", type=_int_at_least(1), default=100, help="optimizer steps per problem")
     p.add_argument("--split", choices=["test", "train"], default="test", help="data split of the MNIST tasks")
-    p.add_argument("--data-dir", default=None, help="folder with one sub-folder per dataset (DIR/mnist/...)")
+    p.add_argument("--data-dir", default=None, help=SETTINGS["data_dir"].metadata["help"])
     p.add_argument("--seed", type=_int_at_least(0), default=0, help="selects the evaluation problems")
     p.add_argument(
         "--optimizers", nargs="*", choices=list(BASELINES), default=list(DEFAULT_BASELINES), help="baselines to run"

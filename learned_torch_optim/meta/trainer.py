@@ -9,9 +9,10 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import torch
 import torch.distributed as dist
@@ -22,7 +23,7 @@ from ..network import CoordinatewiseLSTM
 from ..weights import load_weights
 from .bptt import log_loss, unroll
 from .files import atomic_write, atomic_write_text, file_mode, temporaries
-from .tasks import Problem, RescaledProblem, Task, get_task
+from .tasks import TASK_DESCRIPTIONS, Problem, RescaledProblem, Task, get_task
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -42,73 +43,201 @@ CHECKPOINT_KEYS = (
 )
 """The entries of a checkpoint that resuming needs."""
 VALIDATION_SEED = 10**9
-META_LOSSES = ("sum", "log")
-META_LR_SCHEDULES = ("constant", "cosine")
-INITIALISATIONS = ("default", "forget_bias", "adam")
 STEP_BOUNDS = ("update_clip", "gradient_rms_clip")
 """Network options that fine-tuning can set to any value: bounds that add no weights."""
 FINE_TUNING_CHANGES = ("momentum_decays", "step_timescales", *STEP_BOUNDS)
 """The network options that fine-tuning (``TrainConfig.init_weights``) may change in the starting weights' config."""
 
+MetaLrSchedule = Literal["constant", "cosine"]
+MetaLoss = Literal["sum", "log"]
+Initialisation = Literal["default", "forget_bias", "adam"]
+NetworkOptions = dict[str, Any]
+"""Keyword arguments of :class:`CoordinatewiseLSTM`, i.e. (part of) the network's config, as in ``config.json``."""
+CardRow = Callable[["MetaTrainer"], object]
+"""The value a model card shows for a setting, computed from the finished run."""
+
+
+def setting(
+    default: Any,
+    help: str,
+    *,
+    card: str | tuple[str, CardRow] | None,
+    may_change_on_resume: bool = False,
+    flag: bool | str = True,
+    **argparse_options: Any,
+) -> Any:
+    """Declare a field of :class:`TrainConfig`, the one place a training setting is written down.
+
+    Args:
+        default: its value when not given (a list or dict is copied for each config).
+        help: what it means, as the ``train`` command's help shows it.
+        card: its row in the model card's recipe table: a label (the value shown as it is, ``None`` and ``[]`` as
+            "none"), or ``(label, value of the finished MetaTrainer)``; ``None`` when another row shows it.
+        may_change_on_resume: ``--resume`` accepts another value (else it must equal the checkpoint's).
+        flag: the ``train`` flag: ``True`` for ``--`` and the name with dashes, or another name, or ``False``.
+        argparse_options: passed to ``add_argument`` beyond what the field's type and default imply.
+    """
+    defaults = {"default_factory": lambda: copy.deepcopy(default)} if isinstance(default, (list, dict)) else {}
+    metadata = {
+        "help": help,
+        "card": card,
+        "may_change_on_resume": may_change_on_resume,
+        "flag": flag,
+        "argparse": argparse_options,
+    }
+    return field(**(defaults or {"default": default}), metadata=metadata)
+
+
+def _meta_loss_row(trainer: MetaTrainer) -> str:
+    c = trainer.config
+    return (
+        f"{'log ' if c.meta_loss == 'log' else ''}f(theta_t) summed over t = 0..{'T' if c.meta_loss_final else 'T-1'}"
+    )
+
 
 @dataclass
 class TrainConfig:
-    """Everything that determines a meta-training run (recorded in checkpoints and the model card)."""
+    """Everything that determines a meta-training run (recorded in checkpoints and the model card).
 
-    task: str = "quadratic"
-    iterations: int = 1000
-    """Optimizee runs: each samples fresh problems and optimises them for ``horizon`` steps."""
-    horizon: int = 100
-    unroll: int = 20
-    """Truncation length; ``horizon / unroll`` meta-updates per iteration."""
-    meta_lr: float = 1e-3
-    meta_lr_schedule: str = "constant"
-    """``"constant"`` or ``"cosine"``: ``meta_lr * (1 + cos(pi * i / iterations)) / 2`` at iteration ``i``."""
-    meta_batch_size: int | None = None
-    """Problems optimised side by side per iteration; ``None`` takes the task's default."""
-    clip_grad_norm: float | None = None
-    meta_loss_final: bool = False
-    """Add ``f(theta_T)`` to each truncation's meta-loss, as the original implementation does."""
-    second_derivatives: bool = False
-    """Differentiate through the optimizee's gradients too (the exact meta-gradient, Hessian-vector products of
-    the loss; the original implementation's ``second_derivatives`` flag).  The paper drops these terms."""
-    meta_loss: str = "sum"
-    """``"sum"``: the paper's sum of losses; ``"log"``: the sum of their logarithms (Wichrowska et al. 2017), where
-    each step's loss is that of the iteration's problems together (their sum when ``meta_batch_size > 1``).
-    Validation reports the mean loss, or with ``"log"`` the mean log loss, of single problems."""
-    init: str = "default"
-    """``"default"``: PyTorch's initialisation; ``"forget_bias"``: plus 1 on every forget-gate bias (the LSTM of the
-    original implementation, Sonnet's, starts so); ``"adam"``: :func:`initialise_as_adam_`."""
-    init_weights: str | None = None
-    """Start from these weights instead (a packaged name, a directory or a hub repo id, as ``LearnedOptimizer``
-    takes them): fine-tuning, e.g. on longer horizons.  ``network`` then holds changes to their config, which may
-    only add ``momentum_decays`` or ``step_timescales`` (:meth:`CoordinatewiseLSTM.widened`: new inputs, zero
-    weights) or set the step bounds ``update_clip`` and ``gradient_rms_clip``.  They are validated before the first
-    iteration and stay the result unless a later validation beats them; resuming checks that the weights are still
-    those the run started from."""
-    param_scale: float | None = None
-    """Random scaling (Lv et al. 2017): each training problem's coordinates rescaled by factors log-uniform in
-    ``[1/param_scale, param_scale]``, see :class:`RescaledProblem`."""
-    horizon_curriculum: list[int] = field(default_factory=list)
-    """Horizons for equal consecutive stages of the run (Chen et al. 2020), replacing ``horizon`` in training."""
-    seed: int = 0
-    validate_every: int = 50
-    validation_problems: int = 10
-    validation_horizon: int | None = None
-    """Optimizee steps of each validation problem; ``None`` takes ``horizon``."""
-    checkpoint_every: int = 10
-    data_dir: str | None = None
-    device: str = "cpu"
-    """Where the network and the problems live (``"cuda"`` for a GPU); random numbers are drawn on the CPU."""
-    network: dict[str, Any] = field(default_factory=dict)
-    """``CoordinatewiseLSTM`` arguments (its config)."""
-    command: str = ""
-    """The command that started the run, for the model card."""
+    Each field is declared once, with :func:`setting`: its default, its help, its row in the model card and whether
+    ``--resume`` may change it; the ``train`` command's flags are made from these declarations (and the network's
+    flags from :class:`CoordinatewiseLSTM`'s arguments).
+    """
+
+    task: str = setting(
+        "quadratic",
+        "built-in task family, or several separated by commas (a mixture); one of " + ", ".join(TASK_DESCRIPTIONS),
+        card=("task", lambda t: f"`{t.config.task}` ({t.task.name})"),
+        required=True,
+    )
+    horizon: int = setting(100, "optimizee steps per problem", card="horizon (optimizee steps per problem)")
+    horizon_curriculum: list[int] = setting(
+        [],
+        "training horizons for equal consecutive stages of the run (Chen et al. 2020), replacing --horizon",
+        card="horizon curriculum (equal stages)",
+        nargs="+",
+        metavar="H",
+    )
+    init: Initialisation = setting(
+        "default",
+        "'default': PyTorch's; 'forget_bias': +1 on the forget gates' biases (as the original code's LSTM); 'adam': "
+        "start as Adam (lr = --output-scale; needs adam_normalized inputs, momentum 0.9, --readout-skip)",
+        card=("network initialisation", lambda t: t.init_description()),
+    )
+    init_weights: str | None = setting(
+        None,
+        "start from these weights (packaged name, directory or hub repo id) and their network config, to which "
+        "--momentum-decays and --step-timescales can add inputs (zero weights at first) and --update-clip and "
+        "--gradient-rms-clip can set step bounds; leave the other network flags at their defaults",
+        card=None,
+        flag="--init-from",
+        metavar="WEIGHTS",
+    )
+    """Fine-tuning: ``network`` then holds changes to the weights' config, which may only add ``momentum_decays`` or
+    ``step_timescales`` (:meth:`CoordinatewiseLSTM.widened`) or set the step bounds ``update_clip`` and
+    ``gradient_rms_clip``.  The weights are validated before the first iteration and stay the result unless a later
+    validation beats them; resuming checks that the weights are still those the run started from."""
+    param_scale: float | None = setting(
+        None,
+        "rescale each training problem's coordinates by factors log-uniform in [1/S, S] (Lv et al. 2017)",
+        card="random parameter scaling (Lv et al. 2017)",
+        metavar="S",
+    )
+    """See :class:`RescaledProblem`."""
+    unroll: int = setting(20, "truncation length of BPTT", card="unroll (truncation length)")
+    """``horizon / unroll`` meta-updates per problem."""
+    meta_lr: float = setting(
+        1e-3,
+        "Adam learning rate of the meta-optimizer",
+        card=(
+            "meta-optimizer",
+            lambda t: (
+                f"Adam, lr {t.config.meta_lr}{' (cosine decay)' if t.config.meta_lr_schedule == 'cosine' else ''}"
+            ),
+        ),
+    )
+    meta_lr_schedule: MetaLrSchedule = setting(
+        "constant",
+        "of the meta learning rate; cosine: meta_lr * (1 + cos(pi * i / iterations)) / 2 at iteration i",
+        card=None,
+    )
+    clip_grad_norm: float | None = setting(None, "clip the meta-gradient to this norm", card="meta-gradient clipping")
+    meta_loss: MetaLoss = setting(
+        "sum",
+        "sum of the losses over a truncation (the paper) or of their logarithms (Wichrowska et al. 2017)",
+        card=("meta-loss per truncation", _meta_loss_row),
+    )
+    """With ``"log"`` each step's loss is that of the iteration's problems together (their sum when
+    ``meta_batch_size > 1``); validation reports the mean log loss of single problems instead of the mean loss."""
+    meta_loss_final: bool = setting(
+        False,
+        "add f(theta_T), the loss after a truncation's last update, to its meta-loss (as the original code)",
+        card=None,
+    )
+    second_derivatives: bool = setting(
+        False,
+        "differentiate through the optimizee's gradients too (the exact meta-gradient; the paper drops it)",
+        card=(
+            "optimizee gradients in the meta-gradient",
+            lambda t: "differentiated (second derivatives)" if t.config.second_derivatives else "constants (paper)",
+        ),
+    )
+    """Hessian-vector products of the loss; the original implementation's ``second_derivatives`` flag."""
+    meta_batch_size: int | None = setting(
+        None,
+        "problems optimised side by side per iteration (None: the task's default)",
+        card=("problems per iteration", lambda t: t.meta_batch_size),
+    )
+    iterations: int = setting(
+        1000,
+        "iterations: each optimises --meta-batch-size fresh problems over the full horizon",
+        card=("iterations", lambda t: t.iteration),
+        may_change_on_resume=True,
+    )
+    seed: int = setting(0, "seeds the network's initialisation and the training problems", card="seed")
+    device: str = setting(
+        "cpu",
+        "torch device for the network and the problems, e.g. cuda (random numbers are drawn on the CPU)",
+        card=("device", lambda t: f"{_device_name(t.device)} x {t.world_size} process(es)"),
+        may_change_on_resume=True,
+    )
+    validation_problems: int = setting(
+        10,
+        "fixed held-out problems of the training distribution at each validation",
+        card=("validation problems", lambda t: f"{t.config.validation_problems}, {t.validation_horizon} steps each"),
+    )
+    validation_horizon: int | None = setting(
+        None, "optimizee steps per validation problem (None: --horizon)", card=None
+    )
+    validate_every: int = setting(50, "iterations between validations", card=None)
+    checkpoint_every: int = setting(10, "iterations between checkpoints", card=None, may_change_on_resume=True)
+    data_dir: str | None = setting(
+        None,
+        "folder with one sub-folder per dataset (DIR/mnist/...); the data are checked by sha256",
+        card=None,
+        may_change_on_resume=True,
+    )
+    network: NetworkOptions = setting(
+        {},
+        "CoordinatewiseLSTM arguments (with init_weights: changes to the weights' config)",
+        card=None,
+        flag=False,
+    )
+    command: str = setting(
+        "",
+        "the command that started the run, then each that resumed it with other arguments",
+        card=None,
+        flag=False,
+        may_change_on_resume=True,
+    )
 
     def __post_init__(self) -> None:
         for name in ("iterations", "horizon", "unroll", "validate_every", "validation_problems", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name, hint in get_type_hints(TrainConfig).items():
+            if get_origin(hint) is Literal and getattr(self, name) not in get_args(hint):
+                raise ValueError(f"{name} must be one of {get_args(hint)}, got {getattr(self, name)!r}")
         if self.horizon % self.unroll:
             raise ValueError(f"horizon ({self.horizon}) must be a multiple of unroll ({self.unroll})")
         if self.unroll < 2 and not self.meta_loss_final:
@@ -124,12 +253,6 @@ class TrainConfig:
         for horizon in self.horizon_curriculum:
             if horizon < 1 or horizon % self.unroll:
                 raise ValueError(f"horizon_curriculum: {horizon} is not a positive multiple of unroll ({self.unroll})")
-        if self.meta_lr_schedule not in META_LR_SCHEDULES:
-            raise ValueError(f"meta_lr_schedule must be one of {META_LR_SCHEDULES}, got {self.meta_lr_schedule!r}")
-        if self.meta_loss not in META_LOSSES:
-            raise ValueError(f"meta_loss must be one of {META_LOSSES}, got {self.meta_loss!r}")
-        if self.init not in INITIALISATIONS:
-            raise ValueError(f"init must be one of {INITIALISATIONS}, got {self.init!r}")
         if self.init_weights is not None and self.init != "default":
             raise ValueError(f"init={self.init!r} and init_weights={self.init_weights!r}: choose one way to start")
         if self.validation_horizon is not None and self.validation_horizon < 1:
@@ -145,6 +268,23 @@ class TrainConfig:
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def changed_settings(saved: TrainConfig, config: TrainConfig) -> list[str]:
+    """The settings in which ``config`` differs from ``saved`` that a resumed run must keep: all but those declared
+    ``may_change_on_resume``; the network is compared by its normalised config (defaults spelled out or not)."""
+    changed = []
+    for setting_field in fields(TrainConfig):
+        name = setting_field.name
+        if setting_field.metadata["may_change_on_resume"]:
+            continue
+        if name == "network":
+            differs = CoordinatewiseLSTM(**saved.network).config != CoordinatewiseLSTM(**config.network).config
+        else:
+            differs = getattr(saved, name) != getattr(config, name)
+        if differs:
+            changed.append(name)
+    return changed
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -357,41 +497,19 @@ class MetaTrainer:
         )
 
     def load_checkpoint(self) -> None:
-        """Continue the run in ``out_dir``.  Its settings must match except ``iterations`` (not below the iteration
-        reached), ``checkpoint_every``, ``data_dir`` (the data are checked by sha256) and ``device``; a changed
-        command is recorded after the saved one, for the model card."""
+        """Continue the run in ``out_dir``.  Every setting must equal the checkpoint's (:func:`changed_settings`)
+        except those declared ``may_change_on_resume``; of these, ``iterations`` may not go below the iteration
+        reached, nor change under a schedule or curriculum, and a changed ``command`` is recorded after the saved
+        one, for the model card."""
         checkpoint = self._read_checkpoint()
         saved = TrainConfig.from_dict(checkpoint["config"])
-        for name in (
-            "task",
-            "horizon",
-            "unroll",
-            "meta_lr",
-            "meta_lr_schedule",
-            "seed",
-            "network",
-            "meta_batch_size",
-            "clip_grad_norm",
-            "meta_loss_final",
-            "second_derivatives",
-            "meta_loss",
-            "init",
-            "init_weights",
-            "param_scale",
-            "horizon_curriculum",
-            "validate_every",
-            "validation_problems",
-            "validation_horizon",
-        ):
-            if name == "network":
-                differs = CoordinatewiseLSTM(**saved.network).config != CoordinatewiseLSTM(**self.config.network).config
-            else:
-                differs = getattr(saved, name) != getattr(self.config, name)
-            if differs:
-                raise ValueError(
-                    f"--resume: {name}={getattr(self.config, name)!r} differs from the checkpoint's "
-                    f"{getattr(saved, name)!r} in {self.out_dir / CHECKPOINT}"
-                )
+        changed = changed_settings(saved, self.config)
+        if changed:
+            differences = "; ".join(
+                f"{name}={getattr(self.config, name)!r} differs from the checkpoint's {getattr(saved, name)!r}"
+                for name in changed
+            )
+            raise ValueError(f"--resume: {differences} in {self.out_dir / CHECKPOINT}")
         if saved.iterations != self.config.iterations and (
             self.config.meta_lr_schedule != "constant" or self.config.horizon_curriculum
         ):
@@ -583,14 +701,17 @@ class MetaTrainer:
             os.replace(produced, self.out_dir / produced.name)
         tmp.rmdir()
 
-    def _init_description(self) -> str:
+    def init_description(self) -> str:
+        """How the network started, for the model card: ``config.init``, or the weights it was fine-tuned from."""
         if self.init_identity is None:
             return self.config.init
         return f"from weights `{self.init_identity.source}` (sha256 {self.init_identity.sha256[:12]})"
 
     def recipe_markdown(self) -> str:
-        c = self.config
+        """The model card's recipe: a row per setting that declares one (:func:`setting`), the run's wall time and
+        best validation loss, the command and the validation history."""
         validation = [r for r in self.rows if "validation_loss" in r]
+        log = "log " if self.config.meta_loss == "log" else ""
         lines = [
             "## Meta-training recipe",
             "",
@@ -598,30 +719,22 @@ class MetaTrainer:
             "",
             "| setting | value |",
             "| --- | --- |",
-            f"| task | `{c.task}` ({self.task.name}) |",
-            f"| horizon (optimizee steps per problem) | {c.horizon} |",
-            f"| horizon curriculum (equal stages) | {c.horizon_curriculum or 'none'} |",
-            f"| network initialisation | {self._init_description()} |",
-            f"| random parameter scaling (Lv et al. 2017) | {c.param_scale or 'none'} |",
-            f"| unroll (truncation length) | {c.unroll} |",
-            f"| meta-optimizer | Adam, lr {c.meta_lr}{' (cosine decay)' if c.meta_lr_schedule == 'cosine' else ''} |",
-            f"| meta-gradient clipping | {c.clip_grad_norm if c.clip_grad_norm is not None else 'none'} |",
-            f"| meta-loss per truncation | {'log ' if c.meta_loss == 'log' else ''}f(theta_t) summed over "
-            f"t = 0..{'T' if c.meta_loss_final else 'T-1'} |",
-            f"| optimizee gradients in the meta-gradient | "
-            f"{'differentiated (second derivatives)' if c.second_derivatives else 'constants (paper)'} |",
-            f"| problems per iteration | {self.meta_batch_size} |",
-            f"| iterations | {self.iteration} |",
-            f"| seed | {c.seed} |",
-            f"| device | {_device_name(self.device)} x {self.world_size} process(es) |",
+        ]
+        for setting_field in fields(TrainConfig):
+            card = setting_field.metadata["card"]
+            if isinstance(card, str):
+                value = getattr(self.config, setting_field.name)
+                lines.append(f"| {card} | {'none' if value is None or value == [] else value} |")
+            elif card is not None:
+                label, row = card
+                lines.append(f"| {label} | {row(self)} |")
+        lines += [
             f"| wall time | {self.elapsed / 60:.1f} min |",
-            f"| validation problems | {c.validation_problems}, {self.validation_horizon} steps each |",
-            f"| best validation {'log ' if c.meta_loss == 'log' else ''}loss (mean over the horizon) | "
-            f"{self.best_metric:.5g} |",
+            f"| best validation {log}loss (mean over the horizon) | {self.best_metric:.5g} |",
             "",
         ]
-        if c.command:
-            lines += ["Command:", "", "```bash", c.command, "```", ""]
+        if self.config.command:
+            lines += ["Command:", "", "```bash", self.config.command, "```", ""]
         if validation:
             lines += ["Validation during training:", "", "| iteration | validation loss |", "| ---: | ---: |"]
             lines += [f"| {r['iteration']} | {r['validation_loss']:.5g} |" for r in validation]
