@@ -14,7 +14,7 @@ of 128 from the same initialisation on the same minibatches by
 
 It prints the held-out loss of each lr of the grid, then a table: the loss on all the training images after the
 last step, the held-out loss, the test accuracy and the wall-clock of the run (in all and per step); and saves a
-plot of the minibatch losses.  Runs offline, on a CPU, in well under a minute.
+plot of the minibatch losses.  Runs offline, on a CPU: 20-80 s on 2 cores, depending on what else runs there.
 """
 
 from __future__ import annotations

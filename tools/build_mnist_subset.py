@@ -18,14 +18,14 @@ import gzip
 import hashlib
 from pathlib import Path
 
-from learned_torch_optim.meta.data import DATASETS, dataset_file
+from learned_torch_optim.meta.data import DATASETS, dataset_file, dataset_files
 
 BUNDLED = "learned_torch_optim/meta/bundled/mnist-subset"
-KEPT = {"train": 5000, "t10k": 1000}
-"""How many records to keep from the start of each official split (IDX file prefix)."""
-
-HEADER_BYTES = {"images-idx3-ubyte.gz": 16, "labels-idx1-ubyte.gz": 8}
-RECORD_BYTES = {"images-idx3-ubyte.gz": 28 * 28, "labels-idx1-ubyte.gz": 1}
+KEPT = {"train": 5000, "test": 1000}
+"""How many records to keep from the start of each official split."""
+IMAGES_LAYOUT = (16, 28 * 28)
+LABELS_LAYOUT = (8, 1)
+"""Bytes of an IDX file's header and of one record, for the images and for the labels."""
 
 
 def first_records(raw: bytes, header_bytes: int, record_bytes: int, count: int) -> bytes:
@@ -45,11 +45,11 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     expected = DATASETS["mnist-subset"]["sha256"]
-    for prefix, count in KEPT.items():
-        for suffix, header_bytes in HEADER_BYTES.items():
-            name = f"{prefix}-{suffix}"
+    for split, count in KEPT.items():
+        images_name, labels_name = dataset_files("mnist", split)
+        for name, (header_bytes, record_bytes) in ((images_name, IMAGES_LAYOUT), (labels_name, LABELS_LAYOUT)):
             raw = gzip.decompress(dataset_file("mnist", name, args.data_dir).read_bytes())
-            subset = first_records(raw, header_bytes, RECORD_BYTES[suffix], count)
+            subset = first_records(raw, header_bytes, record_bytes, count)
             payload = gzip.compress(subset, compresslevel=9, mtime=0)
             (args.out / name).write_bytes(payload)
             digest = hashlib.sha256(payload).hexdigest()
