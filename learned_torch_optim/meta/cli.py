@@ -205,7 +205,7 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
 
 
 def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
-    from .evaluate import BASELINES, DEFAULT_BASELINES
+    from .evaluation import BASELINES, DEFAULT_BASELINES
 
     p = subparsers.add_parser(
         "evaluate",
@@ -240,7 +240,7 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _evaluate(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from .evaluate import HALF_DECADES, evaluate, format_results_table
+    from .evaluation import HALF_DECADES, evaluate, format_results_table
 
     result = evaluate(
         args.weights,

@@ -104,7 +104,7 @@ def evaluation_markdown(run_dir: Path) -> str | None:
     results_file = run_dir / "results.json"
     if not results_file.is_file():
         return None
-    from .evaluate import format_results_markdown
+    from .evaluation import format_results_markdown
 
     try:
         results = json.loads(results_file.read_text(encoding="utf-8"))
