@@ -3,9 +3,9 @@
     python benchmarks/state_dtype_quality.py --weights WEIGHTS [--tasks quadratic mnist-mlp] [--problems 20]
                                              [--steps 100] [--data-dir DIR]
 
-For each task, the same evaluation problems (``learned_torch_optim.meta.evaluate.problem_seeds``) are optimised by
+For each task, the same evaluation problems (``learned_torch_optim.meta.evaluation.problem_seeds``) are optimised by
 ``LearnedOptimizer(weights=WEIGHTS, state_dtype=...)`` with fp32 and with bf16 state, through
-``learned_torch_optim.meta.evaluate.run_optimizer``; the table gives the mean final loss and the mean loss summed
+``learned_torch_optim.meta.evaluation.run_optimizer``; the table gives the mean final loss and the mean loss summed
 over the horizon (the evaluation metric) of each, and their relative difference.
 """
 
@@ -17,7 +17,7 @@ import statistics
 import torch
 
 from learned_torch_optim import LearnedOptimizer, load_weights
-from learned_torch_optim.meta.evaluate import problem_seeds, run_optimizer
+from learned_torch_optim.meta.evaluation import problem_seeds, run_optimizer
 from learned_torch_optim.meta.tasks import get_task
 
 STATE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

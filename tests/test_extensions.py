@@ -173,7 +173,7 @@ def quick(**overrides):
         validate_every=2,
         validation_problems=2,
         checkpoint_every=1,
-        network=dict(RICH),
+        network_config=dict(RICH),
         init="adam",
         meta_loss="log",
         param_scale=10.0,
@@ -240,9 +240,9 @@ def test_paper_form_config_json_has_only_the_paper_keys(tmp_path):
 
 def test_resume_accepts_the_same_network_spelled_out_and_refuses_new_iterations_under_a_schedule(tmp_path):
     paper_form = {"preprocessing": "identity", "output_scale": 1.0, "hidden_size": 8}
-    plain = dict(network=paper_form, init="default", meta_loss="sum", param_scale=None, horizon_curriculum=[])
+    plain = dict(network_config=paper_form, init="default", meta_loss="sum", param_scale=None, horizon_curriculum=[])
     MetaTrainer(quick(iterations=1, meta_lr_schedule="constant", **plain), tmp_path / "a").train(progress=False)
-    spelled_out = dict(plain, network={**paper_form, "momentum_decays": [], "output": "additive"})
+    spelled_out = dict(plain, network_config={**paper_form, "momentum_decays": [], "output": "additive"})
     MetaTrainer(quick(iterations=2, meta_lr_schedule="constant", **spelled_out), tmp_path / "a").train(
         resume=True, progress=False
     )
@@ -255,16 +255,16 @@ def test_fine_tuning_starts_from_the_given_weights_and_validates_at_its_own_hori
     MetaTrainer(quick(iterations=2), tmp_path / "first").train(progress=False)
     start = CoordinatewiseLSTM.from_pretrained(tmp_path / "first")
     tuned = MetaTrainer(
-        quick(iterations=2, init="default", network={}, init_weights=str(tmp_path / "first"), validation_horizon=7),
+        quick(iterations=2, init="default", network_config={}, init_from=str(tmp_path / "first"), validation_horizon=7),
         tmp_path / "tuned",
     )
     for name, tensor in start.state_dict().items():
         assert torch.equal(tensor, tuned.network.state_dict()[name]), name
-    assert tuned.config.network == start.config
+    assert tuned.config.network_config == start.config
     steps = []
-    evaluate = importlib.import_module("learned_torch_optim.meta.evaluate")
-    original = evaluate.run_learned
-    monkeypatch.setattr(evaluate, "run_learned", lambda net, problem, n: steps.append(n) or original(net, problem, n))
+    protocol = importlib.import_module("learned_torch_optim.meta.evaluation.protocol")
+    original = protocol.run_learned
+    monkeypatch.setattr(protocol, "run_learned", lambda net, problem, n: steps.append(n) or original(net, problem, n))
     assert tuned.validate() < math.inf
     assert steps == [7, 7]
     tuned.train(progress=False)
@@ -272,7 +272,7 @@ def test_fine_tuning_starts_from_the_given_weights_and_validates_at_its_own_hori
     card = (tmp_path / "tuned" / "README.md").read_text()
     assert f"from weights `{tmp_path / 'first'}`" in card and "2, 7 steps each" in card
     resumed = MetaTrainer(
-        quick(iterations=2, init="default", network={}, init_weights=str(tmp_path / "first"), validation_horizon=7),
+        quick(iterations=2, init="default", network_config={}, init_from=str(tmp_path / "first"), validation_horizon=7),
         tmp_path / "tuned",
     )
     resumed.train(resume=True, progress=False)
@@ -312,16 +312,16 @@ def test_fine_tuning_can_add_inputs(tmp_path):
     MetaTrainer(quick(iterations=1), tmp_path / "first").train(progress=False)
     added = {"step_timescales": [10.0, 1000.0, 5000.0]}
     tuned = MetaTrainer(
-        quick(iterations=1, init="default", network=added, init_weights=str(tmp_path / "first")), tmp_path / "tuned"
+        quick(iterations=1, init="default", network_config=added, init_from=str(tmp_path / "first")), tmp_path / "tuned"
     )
     assert tuned.network.step_timescales == (10.0, 1000.0, 5000.0)
-    assert tuned.config.network == CoordinatewiseLSTM(**{**RICH, **added}).config
+    assert tuned.config.network_config == CoordinatewiseLSTM(**{**RICH, **added}).config
     tuned.train(progress=False)
     assert CoordinatewiseLSTM.from_pretrained(tmp_path / "tuned").step_timescales == (10.0, 1000.0, 5000.0)
 
     bounds = {"update_clip": 0.5, "gradient_rms_clip": 4.0}
     clipped = MetaTrainer(
-        quick(iterations=1, init="default", network=bounds, init_weights=str(tmp_path / "first")),
+        quick(iterations=1, init="default", network_config=bounds, init_from=str(tmp_path / "first")),
         tmp_path / "clipped",
     )
     start = CoordinatewiseLSTM.from_pretrained(tmp_path / "first")
@@ -333,17 +333,19 @@ def test_fine_tuning_can_add_inputs(tmp_path):
     MetaTrainer(quick(iterations=2, seed=1), tmp_path / "first").train(overwrite=True, progress=False)
     with pytest.raises(ValueError, match="sha256"):
         MetaTrainer(
-            quick(iterations=1, init="default", network=bounds, init_weights=str(tmp_path / "first")),
+            quick(iterations=1, init="default", network_config=bounds, init_from=str(tmp_path / "first")),
             tmp_path / "clipped",
         ).train(resume=True, progress=False)
 
 
 def test_fine_tuning_refuses_a_second_start_or_another_network(tmp_path):
     MetaTrainer(quick(iterations=1), tmp_path / "first").train(progress=False)
-    with pytest.raises(ValueError, match="init_weights"):
-        quick(init="adam", init_weights=str(tmp_path / "first"))
-    with pytest.raises(ValueError, match="init_weights"):
-        MetaTrainer(quick(init="default", network={"hidden_size": 3}, init_weights=str(tmp_path / "first")), tmp_path)
+    with pytest.raises(ValueError, match="init_from"):
+        quick(init="adam", init_from=str(tmp_path / "first"))
+    with pytest.raises(ValueError, match="init_from"):
+        MetaTrainer(
+            quick(init="default", network_config={"hidden_size": 3}, init_from=str(tmp_path / "first")), tmp_path
+        )
     with pytest.raises(ValueError, match="validation_horizon"):
         quick(validation_horizon=0)
 

@@ -26,7 +26,7 @@ from huggingface_hub import constants
 
 from learned_torch_optim import CoordinatewiseLSTM, LearnedOptimizer, WeightsError, load_weights
 from learned_torch_optim.meta.cli import main
-from learned_torch_optim.meta.evaluate import evaluate, format_results_markdown
+from learned_torch_optim.meta.evaluation import evaluate, format_results_markdown
 from learned_torch_optim.meta.publish import PublishError, plan_publish, publish
 
 # ----------------------------------------------------------------------------------------------- loopback hub

@@ -189,7 +189,7 @@ def quick_config(**overrides) -> TrainConfig:
         validate_every=2,
         validation_problems=2,
         checkpoint_every=1,
-        network={"preprocessing": "identity", "output_scale": 1.0, "hidden_size": 8},
+        network_config={"preprocessing": "identity", "output_scale": 1.0, "hidden_size": 8},
     )
     values.update(overrides)
     return TrainConfig(**values)
@@ -306,15 +306,15 @@ def test_cli_list_and_bad_arguments(capsys):
 def test_train_flags_are_the_settings_and_network_options_with_their_defaults(capsys):
     argv = ["train", "--task", "quadratic", "--out", "run"]
     config = train_config(build_parser().parse_args(argv), argv, "cpu")
-    assert replace(config, network={}, command="") == TrainConfig(task="quadratic")
-    assert config.network == {name: network_default(name) for name in NETWORK_OPTIONS}
-    assert CoordinatewiseLSTM(**config.network).config == CoordinatewiseLSTM().config
+    assert replace(config, network_config={}, command="") == TrainConfig(task="quadratic")
+    assert config.network_config == {name: network_default(name) for name in NETWORK_OPTIONS}
+    assert CoordinatewiseLSTM(**config.network_config).config == CoordinatewiseLSTM().config
     assert config.command == "learned-torch-optim train --task quadratic --out run"
     with pytest.raises(SystemExit):
         cli_main(["train", "--help"])
     shown = capsys.readouterr().out
-    named = [name for name in [*SETTINGS, *NETWORK_OPTIONS] if name not in ("init_weights", "network", "command")]
-    assert all(f" {flag} " in shown for flag in ["--init-from", *("--" + name.replace("_", "-") for name in named)])
+    named = [name for name in [*SETTINGS, *NETWORK_OPTIONS] if name not in ("network_config", "command")]
+    assert all(f" {flag} " in shown for flag in ("--" + name.replace("_", "-") for name in named))
 
 
 MUST_KEEP_ON_RESUME = {  # for every setting --resume must keep, a value other than quick_config's
@@ -322,7 +322,7 @@ MUST_KEEP_ON_RESUME = {  # for every setting --resume must keep, a value other t
     "horizon": 40,
     "horizon_curriculum": [10, 20],
     "init": "forget_bias",
-    "init_weights": "l2l-paper-quadratic",
+    "init_from": "l2l-paper-quadratic",
     "param_scale": 2.0,
     "unroll": 5,
     "meta_lr": 1e-2,
@@ -336,7 +336,7 @@ MUST_KEEP_ON_RESUME = {  # for every setting --resume must keep, a value other t
     "validation_problems": 3,
     "validation_horizon": 30,
     "validate_every": 3,
-    "network": {"preprocessing": "identity", "output_scale": 1.0, "hidden_size": 9},
+    "network_config": {"preprocessing": "identity", "output_scale": 1.0, "hidden_size": 9},
 }
 
 
@@ -348,8 +348,10 @@ def test_resume_refuses_a_change_of_every_setting_but_those_declared_changeable(
     for name, value in MUST_KEEP_ON_RESUME.items():
         assert changed_settings(saved, replace(saved, **{name: value})) == [name]
     others = dict(iterations=9, checkpoint_every=3, data_dir="elsewhere", command="learned-torch-optim train")
-    spelled_out = {**saved.network, "momentum_decays": [], "output": "additive"}
-    assert changed_settings(saved, replace(saved, network=spelled_out, **others)) == []
+    spelled_out = {**saved.network_config, "momentum_decays": [], "output": "additive"}
+    assert changed_settings(saved, replace(saved, network_config=spelled_out, **others)) == []
+    stored = saved.to_dict()  # checkpoints keep the keys they had before the fields were renamed
+    assert {"network", "init_weights"} <= set(stored) and TrainConfig.from_dict(stored) == saved
 
 
 def test_the_card_has_a_row_for_every_setting_that_declares_one(tmp_path):

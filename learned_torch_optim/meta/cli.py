@@ -148,19 +148,19 @@ def train_config(args: argparse.Namespace, argv: Sequence[str], device: str) -> 
     """The :class:`TrainConfig` of a parsed ``train`` command ``argv``: its settings, its network options (with
     ``--init-from``, only those changed from their defaults) and the command, for the model card."""
     network = {name: getattr(args, name) for name in NETWORK_OPTIONS}
-    if args.init_weights is not None:
+    if args.init_from is not None:
         network = {name: value for name, value in network.items() if value != network_default(name)}
         fixed = [name for name in network if name not in FINE_TUNING_CHANGES]
         if fixed:
             flags = ", ".join("--" + name.replace("_", "-") for name in fixed)
             raise SystemExit(
-                f"--init-from {args.init_weights}: the network comes from those weights (which can only gain inputs "
+                f"--init-from {args.init_from}: the network comes from those weights (which can only gain inputs "
                 f"with --momentum-decays and --step-timescales, or take --update-clip and --gradient-rms-clip); "
                 f"drop {flags}"
             )
     settings = {name: getattr(args, name) for name, setting in SETTINGS.items() if setting.metadata["flag"]}
     command = "learned-torch-optim " + " ".join(shlex.quote(a) for a in argv if a not in ("--resume", "--overwrite"))
-    return TrainConfig(**{**settings, "device": device, "network": network, "command": command})
+    return TrainConfig(**{**settings, "device": device, "network_config": network, "command": command})
 
 
 def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:

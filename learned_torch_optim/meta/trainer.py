@@ -10,7 +10,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
@@ -46,7 +46,7 @@ VALIDATION_SEED = 10**9
 STEP_BOUNDS = ("update_clip", "gradient_rms_clip")
 """Network options that fine-tuning can set to any value: bounds that add no weights."""
 FINE_TUNING_CHANGES = ("momentum_decays", "step_timescales", *STEP_BOUNDS)
-"""The network options that fine-tuning (``TrainConfig.init_weights``) may change in the starting weights' config."""
+"""The network options that fine-tuning (``TrainConfig.init_from``) may change in the starting weights' config."""
 
 MetaLrSchedule = Literal["constant", "cosine"]
 MetaLoss = Literal["sum", "log"]
@@ -64,6 +64,7 @@ def setting(
     card: str | tuple[str, CardRow] | None,
     may_change_on_resume: bool = False,
     flag: bool | str = True,
+    stored_as: str | None = None,
     **argparse_options: Any,
 ) -> Any:
     """Declare a field of :class:`TrainConfig`, the one place a training setting is written down.
@@ -75,6 +76,7 @@ def setting(
             "none"), or ``(label, value of the finished MetaTrainer)``; ``None`` when another row shows it.
         may_change_on_resume: ``--resume`` accepts another value (else it must equal the checkpoint's).
         flag: the ``train`` flag: ``True`` for ``--`` and the name with dashes, or another name, or ``False``.
+        stored_as: its key in a checkpoint's config, where that is not its name (an older name, kept in the files).
         argparse_options: passed to ``add_argument`` beyond what the field's type and default imply.
     """
     defaults = {"default_factory": lambda: copy.deepcopy(default)} if isinstance(default, (list, dict)) else {}
@@ -83,6 +85,7 @@ def setting(
         "card": card,
         "may_change_on_resume": may_change_on_resume,
         "flag": flag,
+        "stored_as": stored_as,
         "argparse": argparse_options,
     }
     return field(**(defaults or {"default": default}), metadata=metadata)
@@ -124,19 +127,20 @@ class TrainConfig:
         "start as Adam (lr = --output-scale; needs adam_normalized inputs, momentum 0.9, --readout-skip)",
         card=("network initialisation", lambda t: t.init_description()),
     )
-    init_weights: str | None = setting(
+    init_from: str | None = setting(
         None,
         "start from these weights (packaged name, directory or hub repo id) and their network config, to which "
         "--momentum-decays and --step-timescales can add inputs (zero weights at first) and --update-clip and "
         "--gradient-rms-clip can set step bounds; leave the other network flags at their defaults",
         card=None,
-        flag="--init-from",
+        stored_as="init_weights",
         metavar="WEIGHTS",
     )
-    """Fine-tuning: ``network`` then holds changes to the weights' config, which may only add ``momentum_decays`` or
-    ``step_timescales`` (:meth:`CoordinatewiseLSTM.widened`) or set the step bounds ``update_clip`` and
-    ``gradient_rms_clip``.  The weights are validated before the first iteration and stay the result unless a later
-    validation beats them; resuming checks that the weights are still those the run started from."""
+    """Fine-tuning: ``network_config`` then holds changes to the weights' config, which may only add
+    ``momentum_decays`` or ``step_timescales`` (:meth:`CoordinatewiseLSTM.widened`) or set the step bounds
+    ``update_clip`` and ``gradient_rms_clip``.  The weights are validated before the first iteration and stay the
+    result unless a later validation beats them; resuming checks that the weights are still those the run started
+    from."""
     param_scale: float | None = setting(
         None,
         "rescale each training problem's coordinates by factors log-uniform in [1/S, S] (Lv et al. 2017)",
@@ -217,11 +221,12 @@ class TrainConfig:
         card=None,
         may_change_on_resume=True,
     )
-    network: NetworkOptions = setting(
+    network_config: NetworkOptions = setting(
         {},
-        "CoordinatewiseLSTM arguments (with init_weights: changes to the weights' config)",
+        "CoordinatewiseLSTM arguments (with init_from: changes to the weights' config)",
         card=None,
         flag=False,
+        stored_as="network",
     )
     command: str = setting(
         "",
@@ -253,8 +258,8 @@ class TrainConfig:
         for horizon in self.horizon_curriculum:
             if horizon < 1 or horizon % self.unroll:
                 raise ValueError(f"horizon_curriculum: {horizon} is not a positive multiple of unroll ({self.unroll})")
-        if self.init_weights is not None and self.init != "default":
-            raise ValueError(f"init={self.init!r} and init_weights={self.init_weights!r}: choose one way to start")
+        if self.init_from is not None and self.init != "default":
+            raise ValueError(f"init={self.init!r} and init_from={self.init_from!r}: choose one way to start")
         if self.validation_horizon is not None and self.validation_horizon < 1:
             raise ValueError(f"validation_horizon must be at least 1, got {self.validation_horizon}")
         if self.param_scale is not None and not self.param_scale >= 1:
@@ -264,10 +269,15 @@ class TrainConfig:
         if torch.device(self.device).type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {self.device!r}: CUDA is not available in this torch installation")
 
+    def to_dict(self) -> dict[str, Any]:
+        """The settings by the names a checkpoint stores them under."""
+        return {f.metadata["stored_as"] or f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self)}
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        """The settings of :meth:`to_dict`; keys it does not know are left out."""
+        names = {f.metadata["stored_as"] or f.name: f.name for f in fields(cls)}
+        return cls(**{names[key]: value for key, value in values.items() if key in names})
 
 
 def changed_settings(saved: TrainConfig, config: TrainConfig) -> list[str]:
@@ -278,8 +288,10 @@ def changed_settings(saved: TrainConfig, config: TrainConfig) -> list[str]:
         name = setting_field.name
         if setting_field.metadata["may_change_on_resume"]:
             continue
-        if name == "network":
-            differs = CoordinatewiseLSTM(**saved.network).config != CoordinatewiseLSTM(**config.network).config
+        if name == "network_config":
+            differs = (
+                CoordinatewiseLSTM(**saved.network_config).config != CoordinatewiseLSTM(**config.network_config).config
+            )
         else:
             differs = getattr(saved, name) != getattr(config, name)
         if differs:
@@ -419,26 +431,26 @@ class MetaTrainer:
         torch.manual_seed(config.seed)
         self.device = torch.device(config.device)
         self.init_identity = None
-        if config.init_weights is not None:
-            start = load_weights(config.init_weights)
+        if config.init_from is not None:
+            start = load_weights(config.init_from)
             self.init_identity, start_config = start.weights_identity, start.config
-            wanted = CoordinatewiseLSTM(**{**start_config, **config.network}).config
+            wanted = CoordinatewiseLSTM(**{**start_config, **config.network_config}).config
             widened = start.widened(
                 momentum_decays=wanted.get("momentum_decays", ()), step_timescales=wanted.get("step_timescales", ())
             )
             unbounded = dict.fromkeys(STEP_BOUNDS)
             if {**widened.config, **unbounded} != {**wanted, **unbounded}:
                 raise ValueError(
-                    f"network={config.network!r} changes the config of init_weights={config.init_weights!r} "
+                    f"network_config={config.network_config!r} changes the config of init_from={config.init_from!r} "
                     f"({start_config!r}) beyond {', '.join(FINE_TUNING_CHANGES)} (new inputs: give the full lists, "
                     "the weights' own values, then the new ones)"
                 )
             start = CoordinatewiseLSTM(**wanted)
             start.load_state_dict(widened.state_dict())
-            self.config = config = replace(config, network=wanted)
+            self.config = config = replace(config, network_config=wanted)
             self.network = start.to(self.device)
         else:
-            self.network = CoordinatewiseLSTM(**config.network).to(self.device)
+            self.network = CoordinatewiseLSTM(**config.network_config).to(self.device)
         if config.init == "adam":
             initialise_as_adam_(self.network)
         elif config.init == "forget_bias":
@@ -456,7 +468,7 @@ class MetaTrainer:
     # -- checkpoints -------------------------------------------------------------------------------------------
     def _checkpoint(self) -> dict[str, Any]:
         return {
-            "config": asdict(self.config),
+            "config": self.config.to_dict(),
             "iteration": self.iteration,
             "network": self.network.state_dict(),
             "meta_optimizer": self.meta_optimizer.state_dict(),
@@ -520,7 +532,7 @@ class MetaTrainer:
             )
         if checkpoint.get("init_sha256") != self.init_sha256:
             raise ValueError(
-                f"--resume: init_weights={self.config.init_weights!r} now has sha256 {self.init_sha256}, but the run "
+                f"--resume: init_from={self.config.init_from!r} now has sha256 {self.init_sha256}, but the run "
                 f"in {self.out_dir / CHECKPOINT} started from {checkpoint.get('init_sha256')}"
             )
         if checkpoint["world_size"] != self.world_size:
@@ -558,7 +570,7 @@ class MetaTrainer:
 
     @property
     def init_sha256(self) -> str | None:
-        """The hash of the weights the run started from (``init_weights``), if any."""
+        """The hash of the weights the run started from (``init_from``), if any."""
         return self.init_identity.sha256 if self.init_identity is not None else None
 
     @property
@@ -596,11 +608,12 @@ class MetaTrainer:
     def validate(self) -> float:
         """Mean loss (log loss with ``meta_loss="log"``) over the horizon on fixed held-out problems of the
         training distribution."""
-        from .evaluate import run_learned
+        from .evaluation import protocol
 
         seeds = [VALIDATION_SEED + i for i in range(self.config.validation_problems)]
         problems = [self.task.problem(seed).to(self.device) for seed in seeds]
-        curves = torch.stack([run_learned(self.network, problem, self.validation_horizon) for problem in problems])
+        horizon = self.validation_horizon
+        curves = torch.stack([protocol.run_learned(self.network, problem, horizon) for problem in problems])
         if self.config.meta_loss == "log":
             curves = log_loss(curves)
         metric = curves.mean().item()
@@ -631,7 +644,7 @@ class MetaTrainer:
             desc="meta-train",
         )
         started = time.perf_counter() - self.elapsed
-        if self.iteration == 0 and self.config.init_weights is not None and not self.rows:
+        if self.iteration == 0 and self.config.init_from is not None and not self.rows:
             self.best_metric = self.validate()
             self.elapsed = time.perf_counter() - started
             self.rows.append({"iteration": 0, "validation_loss": self.best_metric, "elapsed_s": round(self.elapsed, 3)})
@@ -688,7 +701,7 @@ class MetaTrainer:
     def save_weights(self) -> None:
         """Write the best network with ``save_pretrained`` (config, safetensors, model card) into ``out_dir``, the
         files with :func:`file_mode` (``save_pretrained`` writes the safetensors file private)."""
-        best = CoordinatewiseLSTM(**self.config.network)
+        best = CoordinatewiseLSTM(**self.config.network_config)
         best.load_state_dict(self.best_state)
         tmp = self.out_dir / WEIGHTS_TMP
         tmp.mkdir(parents=True, exist_ok=True)
