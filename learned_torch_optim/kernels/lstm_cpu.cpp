@@ -197,7 +197,9 @@ struct Args {
     const float* grad;     // (m,)
     float* state;          // (m, S) with row stride ld
     int64_t ld;
-    float* update;         // (m,)
+    float* update;         // (m,): u is written here, or, when theta is not null, ...
+    float* theta;          // (m,): ... the parameters get theta <- decay * theta + lr * u instead
+    float lr, decay, sign;  // sign: -1 to maximize (the gradient is negated)
     const float* weights;  // per layer: Wt (in_l + H, GP) then bias (GP); then the read-out: W_r (NOUT, NRO), b_r
     Config cfg;
 };
@@ -262,7 +264,7 @@ static inline void log_sign(vf x, const Config& c, vf* out) {
 static inline void features(const Args& a, int64_t base, int count, float& cached_t, StepTerms& cached, vf* out) {
     alignas(64) float gbuf[VL] = {};
     std::memcpy(gbuf, a.grad + base, sizeof(float) * count);
-    vf g = *(const vf*)gbuf;
+    vf g = a.sign * *(const vf*)gbuf;
     vf values[1 + NMA];
     values[0] = g;
     if constexpr (NACC > 0) {
@@ -403,14 +405,20 @@ static void rows_range(const Args& a, int64_t begin, int64_t end) {
         if constexpr (NOUT == 2) u = u * vexp(c.magnitude_scale * out[1]);
         if constexpr (UPDATE_CLIP) u = vmax(vmin(u, splat(c.update_clip)), splat(-c.update_clip));
         alignas(64) float ubuf[VL];
-        *(vf*)ubuf = u;
-        std::memcpy(a.update + base, ubuf, sizeof(float) * count);
+        if (a.theta) {
+            std::memcpy(ubuf, a.theta + base, sizeof(float) * count);
+            *(vf*)ubuf = a.decay * *(const vf*)ubuf + a.lr * u;
+            std::memcpy(a.theta + base, ubuf, sizeof(float) * count);
+        } else {
+            *(vf*)ubuf = u;
+            std::memcpy(a.update + base, ubuf, sizeof(float) * count);
+        }
     }
 }
 
 extern "C" {
 
-int lto_abi_version() { return 3; }
+int lto_abi_version() { return 4; }
 
 // The compile-time form (H, L, preprocessing, momenta, timescales, read-out skip, outputs, the two clips), the
 // floats of `config` and the padded gate width; returns the vector width.
@@ -421,10 +429,11 @@ int lto_config(int* form, int* padded_gates) {
     return VL;
 }
 
-// update[k] = u for coordinates k < m; state rows updated in place.  `config` holds the floats of struct Config.
-void lto_lstm_rows(int64_t m, int threads, const float* grad, float* state, int64_t ld, float* update,
-                   const float* weights, const float* config) {
-    Args a{grad, state, ld, update, weights, {}};
+// For coordinates k < m of gradient sign * grad: update[k] = u, or, when theta is not null, theta[k] <- decay *
+// theta[k] + lr * u; state rows updated in place.  `config` holds the floats of struct Config.
+void lto_lstm_rows(int64_t m, int threads, const float* grad, float* state, int64_t ld, float* update, float* theta,
+                   float lr, float decay, float sign, const float* weights, const float* config) {
+    Args a{grad, state, ld, update, theta, lr, decay, sign, weights, {}};
     std::memcpy(&a.cfg, config, sizeof(Config));
     constexpr int64_t MIN_ROWS_PER_THREAD = 2048;  // a thread's start costs about as much as ~100 rows
     int64_t chunks = (m + VL - 1) / VL;

@@ -33,7 +33,7 @@ from .blocked import PackedNetwork, check_kernel
 
 SOURCE = Path(__file__).with_name("lstm_cpu.cpp")
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-pthread")
-ABI_VERSION = 3
+ABI_VERSION = 4
 PREPROCESSING_CODES = {"identity": 0, "log_sign": 1, "adam_normalized": 2}
 
 last_failure: str | None = None
@@ -91,7 +91,8 @@ class NativeKernel:
         self._rows = library.lto_lstm_rows
         self._rows.restype = None
         self._rows.argtypes = [ctypes.c_int64, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
-        self._rows.argtypes += [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+        self._rows.argtypes += [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_float] * 3
+        self._rows.argtypes += [ctypes.c_void_p, ctypes.c_void_p]
         self.hidden = hidden
         self.padded_gates = padded_gates
         self.config_floats = config_floats
@@ -127,6 +128,37 @@ class NativeKernel:
     ) -> None:
         """``update = u`` and ``state`` updated in place for the ``m`` coordinates of ``grad`` (all fp32, CPU;
         ``grad`` and ``update`` contiguous, ``state`` with contiguous rows)."""
+        self._run(weights, grad, state, update, None, lr=1.0, decay=1.0, sign=1.0)
+
+    def step_parameters(
+        self,
+        weights: tuple[Tensor, Tensor],
+        grad: Tensor,
+        state: Tensor,
+        theta: Tensor,
+        *,
+        lr: float,
+        decay: float,
+        maximize: bool,
+    ) -> None:
+        """The whole step in one pass for fp32 parameters ``theta`` with finite gradients: the rule on
+        ``-grad if maximize else grad``, ``state`` updated in place and ``theta <- decay * theta + lr * u``
+        (``theta`` and ``grad`` contiguous, ``state`` with contiguous rows).  No buffer of ``u``: one call for a
+        tensor of any size."""
+        self._run(weights, grad, state, None, theta, lr=lr, decay=decay, sign=-1.0 if maximize else 1.0)
+
+    def _run(
+        self,
+        weights: tuple[Tensor, Tensor],
+        grad: Tensor,
+        state: Tensor,
+        update: Tensor | None,
+        theta: Tensor | None,
+        *,
+        lr: float,
+        decay: float,
+        sign: float,
+    ) -> None:
         table, config = weights
         self._rows(
             grad.shape[0],
@@ -134,7 +166,11 @@ class NativeKernel:
             grad.data_ptr(),
             state.data_ptr(),
             state.stride(0),
-            update.data_ptr(),
+            None if update is None else update.data_ptr(),
+            None if theta is None else theta.data_ptr(),
+            lr,
+            decay,
+            sign,
             table.data_ptr(),
             config.data_ptr(),
         )
