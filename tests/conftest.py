@@ -1,10 +1,14 @@
+import gzip
 import hashlib
+import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from learned_torch_optim import CoordinatewiseLSTM
+from learned_torch_optim.meta import TrainConfig
 
 
 @pytest.fixture
@@ -23,3 +27,44 @@ def write_sha256sums(folder: Path) -> None:
         if path.is_file() and path.name != "SHA256SUMS"
     ]
     (folder / "SHA256SUMS").write_text("".join(lines))
+
+
+def write_idx(path: Path, array: torch.Tensor) -> None:
+    """Write ``array`` (uint8 values) as a gzipped IDX file, the format of the MNIST files."""
+    header = bytes([0, 0, 0x08, array.dim()]) + b"".join(struct.pack(">I", d) for d in array.shape)
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + array.to(torch.uint8).numpy().tobytes())
+
+
+def make_fake_mnist(root: Path, n: int = 64) -> Path:
+    """Random MNIST-format files (``n`` images per split) under ``root/mnist``, listed in its SHA256SUMS;
+    returns ``root``, a data directory."""
+    folder = root / "mnist"
+    folder.mkdir(parents=True)
+    gen = torch.Generator().manual_seed(0)
+    for prefix in ("train", "t10k"):
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", torch.randint(0, 256, (n, 28, 28), generator=gen))
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", torch.randint(0, 10, (n,), generator=gen))
+    write_sha256sums(folder)
+    return root
+
+
+def quick_config(**overrides: Any) -> TrainConfig:
+    """A meta-training run of a few seconds on quadratics: a small network, every setting overridable."""
+    values = dict(
+        task="quadratic",
+        iterations=4,
+        horizon=20,
+        unroll=10,
+        meta_batch_size=4,
+        validate_every=2,
+        validation_problems=2,
+        checkpoint_every=1,
+        network_config={"preprocessing": "identity", "output_scale": 1.0, "hidden_size": 8},
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+class Killed(Exception):
+    """Raised by a test to stand for a kill of the process at that point."""

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from test_meta import make_fake_mnist
+from conftest import make_fake_mnist
 
 from learned_torch_optim import CoordinatewiseLSTM, WeightsError
 from learned_torch_optim.meta import Problem, Task, get_task

@@ -1,15 +1,13 @@
 """The meta-trainer: golden values from the original implementation, tasks, data, CLI, checkpoints and resume."""
 
-import gzip
 import json
 import os
 import re
-import struct
 from dataclasses import replace
 
 import pytest
 import torch
-from conftest import write_sha256sums
+from conftest import Killed, make_fake_mnist, quick_config
 
 from learned_torch_optim import CoordinatewiseLSTM, LearnedOptimizer
 from learned_torch_optim.meta import MetaTrainer, ModuleTask, Problem, Task, TrainConfig, get_task, unroll
@@ -52,6 +50,7 @@ def test_golden_two_unrolls_of_five_steps():
     assert Square().loss(second.params, None).item() == pytest.approx(0.7325327, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_golden_converges_below_1e_5_within_500_epochs():
     network = linear_identity_network()
     meta_optimizer = torch.optim.Adam(network.parameters(), lr=1e-2)
@@ -96,23 +95,6 @@ def test_quadratic_task_is_the_paper_problem():
     torch.testing.assert_close(problem.loss(params, None), expected)
     several = get_task("quadratic").problems([3, 4])
     assert several.num_problems == 2 and several.init_params().shape == (20,)
-
-
-def write_idx(path, array: torch.Tensor) -> None:
-    header = bytes([0, 0, 0x08, array.dim()]) + b"".join(struct.pack(">I", d) for d in array.shape)
-    with gzip.open(path, "wb") as handle:
-        handle.write(header + array.to(torch.uint8).numpy().tobytes())
-
-
-def make_fake_mnist(root, n=64):
-    folder = root / "mnist"
-    folder.mkdir(parents=True)
-    gen = torch.Generator().manual_seed(0)
-    for prefix in ("train", "t10k"):
-        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", torch.randint(0, 256, (n, 28, 28), generator=gen))
-        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", torch.randint(0, 10, (n,), generator=gen))
-    write_sha256sums(folder)
-    return root
 
 
 def test_idx_reader_and_mnist_task_on_generated_files(tmp_path):
@@ -177,26 +159,6 @@ def test_a_missing_data_file_names_the_data_dir_given(tmp_path, monkeypatch):
 def test_unknown_task_is_named():
     with pytest.raises(ValueError, match="no-such-task"):
         get_task("no-such-task")
-
-
-def quick_config(**overrides) -> TrainConfig:
-    values = dict(
-        task="quadratic",
-        iterations=4,
-        horizon=20,
-        unroll=10,
-        meta_batch_size=4,
-        validate_every=2,
-        validation_problems=2,
-        checkpoint_every=1,
-        network_config={"preprocessing": "identity", "output_scale": 1.0, "hidden_size": 8},
-    )
-    values.update(overrides)
-    return TrainConfig(**values)
-
-
-class Killed(Exception):
-    pass
 
 
 def test_killed_run_resumes_exactly(tmp_path, monkeypatch):

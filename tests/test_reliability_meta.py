@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_meta import Killed, quick_config
+from conftest import Killed, quick_config
 
 from learned_torch_optim.meta import MetaTrainer
 from learned_torch_optim.meta import trainer as trainer_module
@@ -123,7 +123,7 @@ def test_a_kill_around_any_write_resumes_exactly(tmp_path, monkeypatch, write, m
 
 KILLED_IN_CHECKPOINT_WRITE = """
 import os, signal, sys, torch
-from test_meta import quick_config
+from conftest import quick_config
 from learned_torch_optim.meta import MetaTrainer
 saved = []
 def save(obj, handle):

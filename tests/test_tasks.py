@@ -5,8 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_sha256sums
-from test_meta import make_fake_mnist, write_idx
+from conftest import make_fake_mnist, write_idx, write_sha256sums
 
 from learned_torch_optim.meta import data
 from learned_torch_optim.meta.data import (
