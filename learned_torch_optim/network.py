@@ -28,8 +28,9 @@ square, ``g_t <- clip(g_t, -k sqrt(vhat_t-1), k sqrt(vhat_t-1))``, before it ent
 coordinate that has seen no gradient yet is left alone): a lone outlier gradient then moves the inputs by at most
 ``k``, as Adam's own averaging would.
 
-This module is the single definition of the rule: :class:`learned_torch_optim.LearnedOptimizer` runs it under
-``torch.no_grad()`` and the meta-trainer differentiates through it.
+This module is the reference definition of the rule: :class:`learned_torch_optim.LearnedOptimizer` runs it under
+``torch.no_grad()`` and the meta-trainer differentiates through it; ``kernels/`` writes it again for speed, tested
+equal to it.
 """
 
 from __future__ import annotations
@@ -37,19 +38,19 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
-from collections.abc import Sequence
+import types
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 
-PREPROCESSINGS = ("log_sign", "identity", "adam_normalized")
-OUTPUTS = ("additive", "direction_magnitude")
+Preprocessing = Literal["log_sign", "identity", "adam_normalized"]
+Output = Literal["additive", "direction_magnitude"]
 ADAM_EPSILON = 1e-8
-REQUIRED_CONFIG = ("hidden_size", "num_layers", "preprocessing", "preprocessing_p", "output_scale")
-"""The options every ``config.json`` states (``CoordinatewiseLSTM.config`` always writes them)."""
 MAX_HIDDEN_SIZE = 16384
 MAX_NUM_LAYERS = 256
 """Bounds on a loaded ``config.json``'s sizes, far beyond any learned optimizer (the paper's: 20 and 2); above them
@@ -91,6 +92,11 @@ def _is_number(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def _is_integer(value: object) -> bool:
+    """Whether ``value`` is an ``int`` (not a ``bool``)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _is_positive(value: object) -> bool:
     """Whether ``value`` is a finite number above 0."""
     return _is_number(value) and math.isfinite(value) and value > 0
@@ -106,6 +112,144 @@ def _is_list(value: object) -> bool:
     return isinstance(value, (list, tuple))
 
 
+@dataclass(frozen=True)
+class Requirement:
+    """What a network option's value must be: ``holds(value)``, and ``description`` for the error message."""
+
+    description: str
+    holds: Callable[[Any], bool]
+
+
+def one_of(choices: Any) -> Requirement:
+    """One of the names of the ``Literal`` type ``choices``."""
+    names = get_args(choices)
+    return Requirement(f"one of {names}", lambda value: isinstance(value, str) and value in names)
+
+
+POSITIVE_INTEGER = Requirement("a positive integer", lambda value: _is_integer(value) and value >= 1)
+NON_NEGATIVE_INTEGER = Requirement("a non-negative integer", lambda value: _is_integer(value) and value >= 0)
+POSITIVE = Requirement("a finite positive number", _is_positive)
+DECAY = Requirement("a number in [0, 1) in fp32", _is_decay)
+DECAYS = Requirement(
+    "a list of numbers in [0, 1) in fp32", lambda value: _is_list(value) and all(map(_is_decay, value))
+)
+POSITIVES = Requirement(
+    "a list of finite positive numbers", lambda value: _is_list(value) and all(map(_is_positive, value))
+)
+SWITCH = Requirement("true or false", lambda value: isinstance(value, bool))
+CLIP = Requirement("a finite positive number or None (no clip)", lambda value: value is None or _is_positive(value))
+
+
+def option(default: Any, help: str, requirement: Requirement, *, paper: bool = False) -> Any:
+    """Declare a field of :class:`NetworkConfig`, the one place a network option is written down.
+
+    Args:
+        default: its value when not given (the paper's rule where the paper has the option).
+        help: what it means, as the ``train`` command's ``--help`` shows it.
+        requirement: what a value must be; anything else is refused with a ``ValueError`` naming the option.
+        paper: an option of the paper, stated in every ``config.json``; the others are written there only when
+            they differ from their defaults, so weights of the paper's form keep the config they had.
+    """
+    return field(default=default, metadata={"help": help, "requirement": requirement, "paper": paper})
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """The options of a :class:`CoordinatewiseLSTM`, validated: what its ``config.json`` describes.
+
+    Each option is declared once, with :func:`option`: its type, default, help and requirement; the network's
+    keyword arguments and attributes, ``config.json`` and the ``train`` command's network flags are made from these
+    declarations.  Numbers declared ``float`` are stored as floats and sequences as tuples.
+    """
+
+    hidden_size: int = option(20, "units per LSTM layer (20 in the paper)", POSITIVE_INTEGER, paper=True)
+    num_layers: int = option(
+        2, "stacked LSTM layers (2 in the paper); 0 gives a linear map of the inputs", NON_NEGATIVE_INTEGER, paper=True
+    )
+    preprocessing: Preprocessing = option(
+        "log_sign",
+        '"log_sign" (Appendix A), "identity" (the raw gradient) or "adam_normalized" (divided by the root of '
+        "Adam's bias-corrected second moment)",
+        one_of(Preprocessing),
+        paper=True,
+    )
+    preprocessing_p: float = option(
+        10.0, "the constant p of the log/sign preprocessing (10 in the paper)", POSITIVE, paper=True
+    )
+    output_scale: float = option(0.1, "factor on the read-out (0.1 in the paper)", POSITIVE, paper=True)
+    momentum_decays: tuple[float, ...] = option(
+        (), "decays beta of gradient moving averages given as extra inputs (none in the paper)", DECAYS
+    )
+    second_moment_decay: float = option(0.999, 'beta2 of "adam_normalized"', DECAY)
+    step_timescales: tuple[float, ...] = option(
+        (), "tau of the step-count inputs tanh(t / tau) (none in the paper)", POSITIVES
+    )
+    readout_skip: bool = option(False, "the read-out also sees the inputs (not in the paper)", SWITCH)
+    output: Output = option("additive", '"additive" (the paper) or "direction_magnitude"', one_of(Output))
+    magnitude_scale: float = option(1.0, 'the factor inside the exponential of "direction_magnitude"', POSITIVE)
+    update_clip: float | None = option(None, "bound on each coordinate's update |u_t| (none in the paper: None)", CLIP)
+    gradient_rms_clip: float | None = option(
+        None,
+        'bound on each gradient in units of its running RMS sqrt(vhat_t-1) ("adam_normalized" only; none in the '
+        "paper: None)",
+        CLIP,
+    )
+
+    def __post_init__(self) -> None:
+        for declared in fields(self):
+            value, requirement = getattr(self, declared.name), declared.metadata["requirement"]
+            if not requirement.holds(value):
+                raise ValueError(f"{declared.name} must be {requirement.description}, got {value!r}")
+            object.__setattr__(self, declared.name, _as_declared(OPTION_TYPES[declared.name], value))
+        if self.gradient_rms_clip is not None and self.preprocessing != "adam_normalized":
+            raise ValueError(
+                f"gradient_rms_clip needs preprocessing='adam_normalized' (the running RMS), got {self.preprocessing!r}"
+            )
+
+    def as_dict(self) -> dict[str, Any]:
+        """What ``config.json`` holds: the paper's options always, the others where they differ from their
+        defaults (so paper-form weights keep the config, and :func:`weights_identity`, they had); tuples as lists."""
+        config = {}
+        for declared in fields(self):
+            value = getattr(self, declared.name)
+            if declared.metadata["paper"] or value != declared.default:
+                config[declared.name] = list(value) if isinstance(value, tuple) else value
+        return config
+
+
+OPTION_TYPES = get_type_hints(NetworkConfig)
+"""The declared type of each network option."""
+REQUIRED_CONFIG = tuple(declared.name for declared in fields(NetworkConfig) if declared.metadata["paper"])
+"""The options every ``config.json`` states (the paper's: ``NetworkConfig.as_dict`` always writes them)."""
+
+
+def _as_declared(hint: Any, value: Any) -> Any:
+    """``value`` (valid) stored as the type ``hint`` declares: a number as a float, a sequence as a tuple."""
+    if get_origin(hint) is types.UnionType:
+        (hint,) = [arg for arg in get_args(hint) if arg is not type(None)]
+    if value is not None and hint is float:
+        return float(value)
+    if value is not None and get_origin(hint) is tuple:
+        return tuple(_as_declared(get_args(hint)[0], item) for item in value)
+    return value
+
+
+NetworkClass = TypeVar("NetworkClass", bound=type)
+
+
+def _with_option_attributes(cls: NetworkClass) -> NetworkClass:
+    """``cls`` with each network option as a read-only attribute (read from ``network.options``) and its signature
+    showing the options as its arguments."""
+    for declared in fields(NetworkConfig):
+        read = property(
+            lambda network, name=declared.name: getattr(network.options, name), doc=declared.metadata["help"]
+        )
+        setattr(cls, declared.name, read)
+    cls.__init__.__signature__ = inspect.signature(NetworkConfig.__init__)  # type: ignore[attr-defined]
+    return cls
+
+
+@_with_option_attributes
 class CoordinatewiseLSTM(
     nn.Module,
     PyTorchModelHubMixin,
@@ -118,132 +262,43 @@ class CoordinatewiseLSTM(
 ):
     """The update rule ``m(g; phi)`` applied to ``n`` coordinates at once.
 
-    Args:
-        hidden_size: units per LSTM layer (20 in the paper).
-        num_layers: stacked LSTM layers (2 in the paper); 0 gives a linear map of the inputs.
-        preprocessing: ``"log_sign"`` (Appendix A), ``"identity"`` (the raw gradient) or ``"adam_normalized"``
-            (divided by the root of Adam's bias-corrected second moment).
-        preprocessing_p: the constant ``p`` of the log/sign preprocessing (10 in the paper).
-        output_scale: factor on the read-out (0.1 in the paper).
-        momentum_decays: decays ``beta`` of gradient moving averages given as extra inputs (none in the paper).
-        second_moment_decay: ``beta2`` of ``"adam_normalized"``.
-        step_timescales: ``tau`` of the step-count inputs ``tanh(t / tau)`` (none in the paper).
-        readout_skip: the read-out also sees the inputs (not in the paper).
-        output: ``"additive"`` (the paper) or ``"direction_magnitude"``.
-        magnitude_scale: the factor inside the exponential of ``"direction_magnitude"``.
-        update_clip: bound on each coordinate's update ``|u_t|`` (none in the paper: ``None``).
-        gradient_rms_clip: bound on each gradient in units of its running RMS ``sqrt(vhat_t-1)``
-            (``"adam_normalized"`` only; none in the paper: ``None``).
-        **unknown: refused with a ``TypeError`` that names them (so a ``config.json`` with options this version
-            does not know fails to load instead of loading as another rule).
+    The keyword arguments are the options of :class:`NetworkConfig` (with their defaults: the paper's network), and
+    each is also an attribute (``network.hidden_size``); ``network.options`` holds them all.  An option this version
+    does not know is refused with a ``TypeError`` that names it (so a ``config.json`` with options of a newer version
+    fails to load instead of loading as another rule); a value that does not meet its option's requirement, with a
+    ``ValueError``.
 
     Per-coordinate state is one flat vector of :attr:`state_size` floats: for each layer ``l`` the hidden state
-    ``h_l`` followed by the cell state ``c_l``, then the accumulators of the extra inputs, if any.  Every argument
-    is written to ``config.json`` by :meth:`save_pretrained`, so saved weights carry their own meaning.
+    ``h_l`` followed by the cell state ``c_l``, then the accumulators of the extra inputs, if any.  The options are
+    written to ``config.json`` by :meth:`save_pretrained`, so saved weights carry their own meaning.
     """
 
-    def __init__(
-        self,
-        hidden_size: int = 20,
-        num_layers: int = 2,
-        preprocessing: str = "log_sign",
-        preprocessing_p: float = 10.0,
-        output_scale: float = 0.1,
-        momentum_decays: Sequence[float] = (),
-        second_moment_decay: float = 0.999,
-        step_timescales: Sequence[float] = (),
-        readout_skip: bool = False,
-        output: str = "additive",
-        magnitude_scale: float = 1.0,
-        update_clip: float | None = None,
-        gradient_rms_clip: float | None = None,
-        **unknown: Any,
-    ) -> None:
+    options: NetworkConfig
+
+    def __init__(self, *args: Any, **options: Any) -> None:
         super().__init__()
+        unknown = options.keys() - OPTION_TYPES.keys()
         if unknown:
             # Reached by config.json keys too (the hub mixin passes them on): refuse rather than run another rule.
             raise TypeError(
                 f"CoordinatewiseLSTM got unknown option(s) {', '.join(map(repr, sorted(unknown)))}; in a config.json "
                 "this means weights written by a newer learned-torch-optim: upgrade it"
             )
-        if not isinstance(hidden_size, int) or isinstance(hidden_size, bool) or hidden_size < 1:
-            raise ValueError(f"hidden_size must be a positive integer, got {hidden_size!r}")
-        if not isinstance(num_layers, int) or isinstance(num_layers, bool) or num_layers < 0:
-            raise ValueError(f"num_layers must be a non-negative integer, got {num_layers!r}")
-        if not isinstance(preprocessing, str) or preprocessing not in PREPROCESSINGS:
-            raise ValueError(f"preprocessing must be one of {PREPROCESSINGS}, got {preprocessing!r}")
-        for name, value in (
-            ("preprocessing_p", preprocessing_p),
-            ("output_scale", output_scale),
-            ("magnitude_scale", magnitude_scale),
-        ):
-            if not _is_positive(value):
-                raise ValueError(f"{name} must be a finite positive number, got {value!r}")
-        if not _is_list(momentum_decays) or not all(_is_decay(beta) for beta in momentum_decays):
-            raise ValueError(f"momentum_decays must be a list of numbers in [0, 1) in fp32, got {momentum_decays!r}")
-        if not _is_decay(second_moment_decay):
-            raise ValueError(f"second_moment_decay must be a number in [0, 1) in fp32, got {second_moment_decay!r}")
-        if not _is_list(step_timescales) or not all(_is_positive(tau) for tau in step_timescales):
-            raise ValueError(f"step_timescales must be a list of finite positive numbers, got {step_timescales!r}")
-        if not isinstance(readout_skip, bool):
-            raise ValueError(f"readout_skip must be true or false, got {readout_skip!r}")
-        for name, value in (("update_clip", update_clip), ("gradient_rms_clip", gradient_rms_clip)):
-            if value is not None and not _is_positive(value):
-                raise ValueError(f"{name} must be a finite positive number or None (no clip), got {value!r}")
-        if gradient_rms_clip is not None and preprocessing != "adam_normalized":
-            raise ValueError(
-                f"gradient_rms_clip needs preprocessing='adam_normalized' (the running RMS), got {preprocessing!r}"
-            )
-        if not isinstance(output, str) or output not in OUTPUTS:
-            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
-        self.hidden_size = hidden_size
-        self.num_layers = num_layers
-        self.preprocessing = preprocessing
-        self.preprocessing_p = float(preprocessing_p)
-        self.output_scale = float(output_scale)
-        self.momentum_decays = tuple(float(beta) for beta in momentum_decays)
-        self.second_moment_decay = float(second_moment_decay)
-        self.step_timescales = tuple(float(tau) for tau in step_timescales)
-        self.readout_skip = readout_skip
-        self.output = output
-        self.magnitude_scale = float(magnitude_scale)
-        self.update_clip = None if update_clip is None else float(update_clip)
-        self.gradient_rms_clip = None if gradient_rms_clip is None else float(gradient_rms_clip)
+        self.options = NetworkConfig(*args, **options)
         self.num_inputs = self.inputs_per_value * (1 + len(self.momentum_decays)) + len(self.step_timescales)
         self.cells = nn.ModuleList(
-            nn.LSTMCell(self.num_inputs if layer == 0 else hidden_size, hidden_size) for layer in range(num_layers)
+            nn.LSTMCell(self.num_inputs if layer == 0 else self.hidden_size, self.hidden_size)
+            for layer in range(self.num_layers)
         )
-        readout_inputs = (hidden_size if num_layers else 0) + (self.num_inputs if readout_skip or not num_layers else 0)
-        self.readout = nn.Linear(readout_inputs, 2 if output == "direction_magnitude" else 1)
+        top = self.hidden_size if self.num_layers else 0
+        skipped = self.num_inputs if self.readout_skip or not self.num_layers else 0
+        self.readout = nn.Linear(top + skipped, 2 if self.output == "direction_magnitude" else 1)
         self._hub_mixin_config = self.config  # what save_pretrained writes to config.json
 
     @property
     def config(self) -> dict[str, Any]:
-        """The constructor's arguments, normalised (what ``config.json`` holds).  The options beyond the paper are
-        left out at their defaults, so paper-form weights keep the config (and :func:`weights_identity`) they had."""
-        config: dict[str, Any] = {
-            "hidden_size": self.hidden_size,
-            "num_layers": self.num_layers,
-            "preprocessing": self.preprocessing,
-            "preprocessing_p": self.preprocessing_p,
-            "output_scale": self.output_scale,
-        }
-        extensions = {
-            "momentum_decays": list(self.momentum_decays),
-            "second_moment_decay": self.second_moment_decay,
-            "step_timescales": list(self.step_timescales),
-            "readout_skip": self.readout_skip,
-            "output": self.output,
-            "magnitude_scale": self.magnitude_scale,
-            "update_clip": self.update_clip,
-            "gradient_rms_clip": self.gradient_rms_clip,
-        }
-        defaults = inspect.signature(CoordinatewiseLSTM.__init__).parameters
-        for name, value in extensions.items():
-            default = defaults[name].default
-            if value != (list(default) if isinstance(default, tuple) else default):
-                config[name] = value
-        return config
+        """The options as ``config.json`` holds them (:meth:`NetworkConfig.as_dict`)."""
+        return self.options.as_dict()
 
     @property
     def inputs_per_value(self) -> int:
@@ -375,39 +430,6 @@ class CoordinatewiseLSTM(
         if not new_state and not self.accumulator_size:
             return update, state
         return update, torch.cat((*new_state, accumulators), dim=1)
-
-    def widened(
-        self, *, momentum_decays: Sequence[float] = (), step_timescales: Sequence[float] = ()
-    ) -> CoordinatewiseLSTM:
-        """A copy with more inputs: the given momentum decays and step timescales added to this network's.  Their
-        weights start at zero, so the copy computes the same updates as this network (to fp32 rounding: its matrix
-        products are longer) until it is trained; for fine-tuning trained weights with inputs they lack, e.g. step
-        counts on longer timescales."""
-        momentum_decays = (*self.momentum_decays, *(b for b in momentum_decays if b not in self.momentum_decays))
-        step_timescales = (*self.step_timescales, *(t for t in step_timescales if t not in self.step_timescales))
-        wide = CoordinatewiseLSTM(
-            **{**self.config, "momentum_decays": momentum_decays, "step_timescales": step_timescales}
-        )
-        gradient_inputs = self.inputs_per_value * (1 + len(self.momentum_decays))
-        columns = [*range(gradient_inputs)] + [
-            self.inputs_per_value * (1 + len(wide.momentum_decays)) + k for k in range(len(self.step_timescales))
-        ]
-        hidden = self.hidden_size if self.num_layers else 0
-        with torch.no_grad():
-            for param in wide.parameters():
-                param.zero_()
-            for layer, (narrow_cell, wide_cell) in enumerate(zip(self.cells, wide.cells)):
-                for name in ("weight_hh", "bias_ih", "bias_hh"):
-                    getattr(wide_cell, name).copy_(getattr(narrow_cell, name))
-                if layer:
-                    wide_cell.weight_ih.copy_(narrow_cell.weight_ih)
-                else:
-                    wide_cell.weight_ih[:, columns] = narrow_cell.weight_ih
-            wide.readout.bias.copy_(self.readout.bias)
-            wide.readout.weight[:, :hidden] = self.readout.weight[:, :hidden]
-            if self.readout.weight.shape[1] > hidden:
-                wide.readout.weight[:, [hidden + c for c in columns]] = self.readout.weight[:, hidden:]
-        return wide
 
     def extra_repr(self) -> str:
         return ", ".join(f"{name}={value!r}" for name, value in self.config.items())

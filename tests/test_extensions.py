@@ -11,6 +11,7 @@ import torch
 from learned_torch_optim import CoordinatewiseLSTM, LearnedOptimizer
 from learned_torch_optim.meta.tasks import MixtureTask, QuadraticTask, RescaledProblem, get_task
 from learned_torch_optim.meta.trainer import MetaTrainer, TrainConfig, initialise_as_adam_
+from learned_torch_optim.meta.widen import widen
 
 RICH = dict(
     hidden_size=8,
@@ -295,7 +296,7 @@ def test_widened_network_computes_the_same_updates_until_trained(config):
     with torch.no_grad():
         for param in narrow.parameters():
             param.normal_(0, 0.3)
-    wide = narrow.widened(momentum_decays=[0.9, 0.999], step_timescales=[1000.0, 10000.0])
+    wide = widen(narrow, momentum_decays=[0.9, 0.999], step_timescales=[1000.0, 10000.0])
     assert set(narrow.input_names) < set(wide.input_names)
     narrow_state, wide_state = narrow.initial_state(40), wide.initial_state(40)
     for _ in range(20):

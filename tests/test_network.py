@@ -1,10 +1,12 @@
+import dataclasses
+import inspect
 import math
 
 import pytest
 import torch
 
 from learned_torch_optim import CoordinatewiseLSTM
-from learned_torch_optim.network import preprocess_log_sign
+from learned_torch_optim.network import NetworkConfig, preprocess_log_sign
 
 
 def test_log_sign_preprocessing_matches_appendix_a():
@@ -77,6 +79,21 @@ def test_state_size_is_80_floats_for_the_paper_network():
 def test_bad_config_names_the_argument(kwargs, name):
     with pytest.raises(ValueError, match=name):
         CoordinatewiseLSTM(**kwargs)
+
+
+def test_options_are_the_declared_arguments_and_read_only_attributes():
+    """Each NetworkConfig field is a keyword argument (with its default, as the signature shows) and an attribute."""
+    declared = {option.name: option.default for option in dataclasses.fields(NetworkConfig)}
+    shown = inspect.signature(CoordinatewiseLSTM).parameters
+    assert {name: parameter.default for name, parameter in shown.items()} == declared
+    network = CoordinatewiseLSTM(hidden_size=8, momentum_decays=[0.9])
+    assert network.options == NetworkConfig(hidden_size=8, momentum_decays=(0.9,))
+    assert {name: getattr(network, name) for name in declared} == dataclasses.asdict(network.options)
+    assert CoordinatewiseLSTM(8, 1).options == NetworkConfig(hidden_size=8, num_layers=1)
+    with pytest.raises(AttributeError):
+        network.hidden_size = 4
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        network.options.hidden_size = 4
 
 
 def test_save_and_load_pretrained_round_trip(tmp_path, network):

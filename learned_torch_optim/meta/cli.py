@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 import shlex
 import sys
 import types
@@ -11,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import MISSING, fields
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-from ..network import OUTPUTS, PREPROCESSINGS, CoordinatewiseLSTM
+from ..network import OPTION_TYPES, NetworkConfig
 from ..weights import DEFAULT_WEIGHTS, list_pretrained
 from .tasks import TASK_DESCRIPTIONS
 from .trainer import FINE_TUNING_CHANGES, MetaTrainer, TrainConfig
@@ -32,28 +31,8 @@ SETTINGS = {setting.name: setting for setting in fields(TrainConfig)}
 """The training settings, each declared once in :class:`TrainConfig`; every one with a flag is a ``train`` flag."""
 SETTING_TYPES = {"task": _task_names}
 """Settings whose flag reads more than the field's type says."""
-NETWORK_OPTIONS = {
-    name: parameter
-    for name, parameter in inspect.signature(CoordinatewiseLSTM.__init__).parameters.items()
-    if parameter.kind is parameter.POSITIONAL_OR_KEYWORD and name != "self"
-}
-"""The network options, declared once: ``CoordinatewiseLSTM``'s arguments (documented in its docstring)."""
-NETWORK_CHOICES = {"preprocessing": PREPROCESSINGS, "output": OUTPUTS}
-"""The network options that take one of a few names (their annotation says ``str``)."""
-
-
-def _documented_arguments(cls: type) -> dict[str, str]:
-    """The ``Args:`` section of ``cls``'s docstring: the text of each argument, its lines joined."""
-    section = (inspect.getdoc(cls) or "").split("\nArgs:\n", 1)[-1].split("\n\n", 1)[0]
-    texts: dict[str, str] = {}
-    name = ""
-    for line in section.splitlines():
-        if line.startswith(" " * 8):  # a continuation line
-            texts[name] += " " + line.strip()
-        else:
-            name, _, text = line.strip().partition(": ")
-            texts[name] = text
-    return {name: text.replace("``", "") for name, text in texts.items()}
+NETWORK_OPTIONS = {option.name: option for option in fields(NetworkConfig)}
+"""The network options, each declared once in :class:`NetworkConfig`; every one is a ``train`` flag."""
 
 
 def network_default(name: str) -> Any:
@@ -74,8 +53,8 @@ def _add_argument(
         hint = str
     if hint is bool:
         options = {"action": "store_true", **options}
-    elif get_origin(hint) in (list, Sequence):
-        (element,) = get_args(hint)
+    elif get_origin(hint) in (list, tuple):
+        element = get_args(hint)[0]  # list[X] or tuple[X, ...]
         options = {"type": element, "nargs": "*", **options}
         default = list(default)
     else:
@@ -120,12 +99,10 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
             flag = "--" + name.replace("_", "-") if flag is True else flag
             _add_argument(training, flag, name, hints[name], default, setting.metadata["help"], **options)
 
-    network = p.add_argument_group("network (CoordinatewiseLSTM arguments)")
-    hints, texts = get_type_hints(CoordinatewiseLSTM.__init__), _documented_arguments(CoordinatewiseLSTM)
-    for name in NETWORK_OPTIONS:
-        options = {"choices": list(NETWORK_CHOICES[name])} if name in NETWORK_CHOICES else {}
+    network = p.add_argument_group("network options (NetworkConfig: CoordinatewiseLSTM's arguments)")
+    for name, option in NETWORK_OPTIONS.items():
         flag = "--" + name.replace("_", "-")
-        _add_argument(network, flag, name, hints[name], network_default(name), texts[name], **options)
+        _add_argument(network, flag, name, OPTION_TYPES[name], network_default(name), option.metadata["help"])
 
 
 def _init_distributed(device: str) -> str:

@@ -24,6 +24,7 @@ from ..weights import load_weights
 from .bptt import log_loss, unroll
 from .files import atomic_write, atomic_write_text, file_mode, temporaries
 from .tasks import TASK_DESCRIPTIONS, Problem, RescaledProblem, Task, get_task
+from .widen import widen
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -137,7 +138,7 @@ class TrainConfig:
         metavar="WEIGHTS",
     )
     """Fine-tuning: ``network_config`` then holds changes to the weights' config, which may only add
-    ``momentum_decays`` or ``step_timescales`` (:meth:`CoordinatewiseLSTM.widened`) or set the step bounds
+    ``momentum_decays`` or ``step_timescales`` (:func:`~.widen.widen`) or set the step bounds
     ``update_clip`` and ``gradient_rms_clip``.  The weights are validated before the first iteration and stay the
     result unless a later validation beats them; resuming checks that the weights are still those the run started
     from."""
@@ -435,8 +436,10 @@ class MetaTrainer:
             start = load_weights(config.init_from)
             self.init_identity, start_config = start.weights_identity, start.config
             wanted = CoordinatewiseLSTM(**{**start_config, **config.network_config}).config
-            widened = start.widened(
-                momentum_decays=wanted.get("momentum_decays", ()), step_timescales=wanted.get("step_timescales", ())
+            widened = widen(
+                start,
+                momentum_decays=wanted.get("momentum_decays", ()),
+                step_timescales=wanted.get("step_timescales", ()),
             )
             unbounded = dict.fromkeys(STEP_BOUNDS)
             if {**widened.config, **unbounded} != {**wanted, **unbounded}:
