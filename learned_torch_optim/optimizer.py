@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.distributed.tensor import DTensor
 from torch.optim.optimizer import Optimizer, ParamsT
 
-from .kernels import step_in_blocks
+from .kernels import implements, step_in_blocks
 from .network import CoordinatewiseLSTM
 from .weights import load_weights
 
@@ -106,15 +106,19 @@ def _check_group_options(group: Mapping[str, Any], where: str) -> None:
         raise ValueError(f"{where}: 'maximize' must be True or False, got {group['maximize']!r}")
 
 
-def choose_implementation(implementation: str, device: torch.device) -> str:
-    """How a step of ``implementation`` runs on ``device`` (the one place that decides): ``"reference"``
-    (:func:`learned_step`), ``"compiled"`` (blocks with the compiled kernel: C++ on the CPU, Triton on CUDA; torch
-    operations where none loads) or ``"blocked"`` (blocks with torch operations).
+def choose_implementation(implementation: str, device: torch.device, network: CoordinatewiseLSTM) -> str:
+    """How a step of ``implementation`` runs on ``device`` for ``network`` (the one place that decides):
+    ``"reference"`` (:func:`learned_step`), ``"compiled"`` (blocks with the compiled kernel: C++ on the CPU, Triton
+    on CUDA; torch operations where none loads) or ``"blocked"`` (blocks with torch operations).
 
-    ``"auto"`` is the reference when traced by ``torch.compile`` (inductor fuses that formulation itself), compiled
-    on the CPU and blocked on CUDA (where the Triton kernel measured slower, ``docs/performance.md``).
+    ``"auto"`` is the reference when traced by ``torch.compile`` (inductor fuses that formulation itself) or when the
+    network uses an option the blocked step does not compute (:func:`kernels.implements`; the constructor refuses
+    ``"fused"`` and ``"blocked"`` then), compiled on the CPU and blocked on CUDA (where the Triton kernel measured
+    slower, ``docs/performance.md``).
     """
-    if implementation == "reference" or (implementation == "auto" and torch.compiler.is_compiling()):
+    if implementation == "reference" or (
+        implementation == "auto" and (torch.compiler.is_compiling() or not implements(network))
+    ):
         return "reference"
     if implementation == "fused" or (implementation == "auto" and device.type != "cuda"):
         return "compiled"
@@ -192,6 +196,11 @@ class LearnedOptimizer(Optimizer):
 
     def _checked_network(self, weights: str | os.PathLike | CoordinatewiseLSTM, revision: str | None):
         network = load_weights(weights, revision=revision)
+        if self.implementation in ("fused", "blocked") and not implements(network):
+            raise ValueError(
+                f"implementation={self.implementation!r} does not compute every option of weights {weights!r} "
+                f"(config {network.config}); use 'auto' or 'reference'"
+            )
         if self.state_dtype != torch.float32 and network.accumulator_size:
             raise ValueError(
                 f"state_dtype={self.state_dtype} would round the gradient accumulators (momenta, second moment, "
@@ -288,7 +297,7 @@ class LearnedOptimizer(Optimizer):
             buckets = Optimizer._group_tensors_by_device_and_dtype(tensors)
             for (device, _), ((b_params, b_grads, b_states, b_steps), _) in buckets.items():
                 options = dict(lr=group["lr"], weight_decay=group["weight_decay"], maximize=group["maximize"])
-                chosen = choose_implementation(self.implementation, device)
+                chosen = choose_implementation(self.implementation, device, network)
                 if chosen == "reference":
                     on_device = self._network_on(network, device)
                     all_finite &= learned_step(b_params, b_grads, b_states, network=on_device, **options)

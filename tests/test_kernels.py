@@ -435,7 +435,7 @@ def test_cuda_step_equals_the_reference(implementation, config):
 def test_which_implementations_may_use_a_compiled_kernel(monkeypatch, implementation, device, compiled):
     import learned_torch_optim.optimizer as optimizer_module
 
-    chosen = optimizer_module.choose_implementation(implementation, torch.device(device))
+    chosen = optimizer_module.choose_implementation(implementation, torch.device(device), CoordinatewiseLSTM())
     assert chosen == ("compiled" if compiled else "blocked")
     if device != "cpu":
         return
@@ -455,4 +455,20 @@ def test_which_implementations_may_use_a_compiled_kernel(monkeypatch, implementa
 def test_the_reference_is_chosen_by_name_only():
     from learned_torch_optim.optimizer import choose_implementation
 
-    assert {choose_implementation("reference", torch.device(d)) for d in ("cpu", "cuda")} == {"reference"}
+    network = CoordinatewiseLSTM()
+    assert {choose_implementation("reference", torch.device(d), network) for d in ("cpu", "cuda")} == {"reference"}
+
+
+def test_an_option_the_kernels_do_not_compute_runs_the_reference(monkeypatch):
+    import learned_torch_optim.kernels as kernels
+    import learned_torch_optim.optimizer as optimizer_module
+
+    clipped = CoordinatewiseLSTM(**DEFAULT_FORM)
+    assert kernels.implements(clipped) and set(clipped.config) <= kernels.IMPLEMENTED_OPTIONS
+    monkeypatch.setattr(kernels, "IMPLEMENTED_OPTIONS", kernels.IMPLEMENTED_OPTIONS - {"update_clip"})
+    assert not kernels.implements(clipped) and kernels.implements(CoordinatewiseLSTM())
+    for device in ("cpu", "cuda"):
+        assert optimizer_module.choose_implementation("auto", torch.device(device), clipped) == "reference"
+    for implementation in ("fused", "blocked"):
+        with pytest.raises(ValueError, match="does not compute every option"):
+            LearnedOptimizer([torch.nn.Parameter(torch.ones(2))], weights=clipped, implementation=implementation)

@@ -19,7 +19,34 @@ from ..network import CoordinatewiseLSTM
 from . import native, triton_lstm
 from .blocked import BlockKernel, PackedNetwork, Workspace, blocked_step, pack_network
 
-__all__ = ["BLOCK_SIZES", "select_kernel", "step_in_blocks", "workspace_bytes"]
+__all__ = ["BLOCK_SIZES", "IMPLEMENTED_OPTIONS", "implements", "select_kernel", "step_in_blocks", "workspace_bytes"]
+
+IMPLEMENTED_OPTIONS = frozenset(
+    {
+        "hidden_size",
+        "num_layers",
+        "preprocessing",
+        "preprocessing_p",
+        "output_scale",
+        "momentum_decays",
+        "second_moment_decay",
+        "step_timescales",
+        "readout_skip",
+        "output",
+        "magnitude_scale",
+        "update_clip",
+        "gradient_rms_clip",
+    }
+)
+"""The network options the blocked step and the compiled kernels compute (``tests/test_kernels.py`` tests each
+against ``CoordinatewiseLSTM.forward``).  An option added to the network is not among them until they learn it."""
+
+
+def implements(network: CoordinatewiseLSTM) -> bool:
+    """Whether the blocked step computes ``network``'s rule: its config (which lists the options beyond the
+    paper's only where they are not at their defaults) names no option outside :data:`IMPLEMENTED_OPTIONS`."""
+    return set(network.config) <= IMPLEMENTED_OPTIONS
+
 
 BLOCK_SIZES = {"native": 16384, "triton": 1 << 19, "torch-cpu": 4096, "torch-other": 1 << 18}
 """Coordinates per block, per path: the compiled CPU kernel (which tiles its block in registers and L1 itself, so
