@@ -2,7 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .network import CoordinatewiseLSTM
+from .network import CoordinatewiseLSTM, NetworkConfig
 from .optimizer import LearnedOptimizer
 from .weights import WeightsError, list_pretrained, load_weights
 
@@ -11,4 +11,12 @@ try:
 except PackageNotFoundError:  # a source checkout that is not installed
     __version__ = "0.0.0+source"
 
-__all__ = ["CoordinatewiseLSTM", "LearnedOptimizer", "WeightsError", "list_pretrained", "load_weights", "__version__"]
+__all__ = [
+    "CoordinatewiseLSTM",
+    "LearnedOptimizer",
+    "NetworkConfig",
+    "WeightsError",
+    "list_pretrained",
+    "load_weights",
+    "__version__",
+]
