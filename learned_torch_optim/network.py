@@ -68,6 +68,7 @@ by gradient descent by gradient descent* (Andrychowicz et al., 2016).
 
 ```python
 from learned_torch_optim import LearnedOptimizer
+
 optimizer = LearnedOptimizer(model.parameters(), weights="{{ weights_ref | default('PATH_OR_REPO', true) }}")
 ```
 

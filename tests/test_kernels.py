@@ -1,4 +1,5 @@
-"""The fast step implementations (learned_torch_optim.kernels) against the one definition of the rule."""
+"""The fast step implementations (learned_torch_optim.kernels) against the reference definition of the rule
+(``CoordinatewiseLSTM.forward``), for every network option."""
 
 import io
 import math

@@ -1,5 +1,5 @@
 """The meta-trainer on careless and hostile input: run folders, kills at every write, damaged checkpoints and logs,
-resuming with another command (issue 18)."""
+resuming with another command."""
 
 import json
 import os

@@ -1,9 +1,9 @@
 """The update rule on a block of coordinates with preallocated buffers: the blocked (fused) path of the optimizer.
 
-:meth:`learned_torch_optim.CoordinatewiseLSTM.forward` is the definition of the rule; this module computes the same
-function for ``m <= block_size`` coordinates at a time, with every temporary in a :class:`Workspace` allocated once
-per step, so the memory the step needs beyond parameters, gradients and state is fixed by the block size and the
-network, whatever the model's size.  It is tested equal to ``forward`` (``tests/test_kernels.py``).
+:meth:`learned_torch_optim.CoordinatewiseLSTM.forward` is the reference definition of the rule; this module
+re-implements it for ``m <= block_size`` coordinates at a time, with every temporary in a :class:`Workspace`
+allocated once per step, so the memory the step needs beyond parameters, gradients and state is fixed by the block
+size and the network, whatever the model's size.  It is tested equal to ``forward`` (``tests/test_kernels.py``).
 
 Per layer ``l`` the two products of an LSTM cell become one: the inputs ``[x, h_l]`` sit side by side in the
 buffer ``X`` and the weights ``[W_ih, W_hh]`` side by side in ``W_l`` (rows reordered to the gate order
