@@ -27,6 +27,12 @@ from .weights import load_weights
 __all__ = ["IMPLEMENTATIONS", "LearnedOptimizer", "choose_implementation", "learned_step"]
 
 STATE_KEY = "lstm_state"
+OTHER_OPTIMIZERS_OPTIONS = frozenset(
+    {"betas", "eps", "amsgrad", "momentum", "dampening", "nesterov", "alpha", "centered", "rho", "lr_decay"}
+    | {"initial_accumulator_value", "lambd", "t0", "etas", "step_sizes", "momentum_decay", "decoupled_weight_decay"}
+)
+"""Hyperparameters of torch.optim's optimizers that a LearnedOptimizer group does not have: a state dict whose groups
+carry them (and no ``weights_identity``) is another optimizer's, even with no per-parameter state yet."""
 IMPLEMENTATIONS = ("auto", "fused", "blocked", "reference")
 
 
@@ -391,6 +397,14 @@ class LearnedOptimizer(Optimizer):
         for param_id, (param, label), network, identity in zip(saved_ids, self._param_labels(), networks, identities):
             if param_id in saved_state:
                 self._check_param_state(saved_state[param_id], param, f"{param_id!r}", label, network, identity)
+        for index, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
+            foreign = sorted(OTHER_OPTIMIZERS_OPTIONS.intersection(saved).difference(group))
+            if foreign and "weights_identity" not in state_dict:
+                raise ValueError(
+                    f"{where}: parameter group {index} has options {foreign} of another torch.optim optimizer and "
+                    "the state dict names no weights: it was not saved by a LearnedOptimizer (load none to start "
+                    "afresh)"
+                )
         return saved_ids
 
     def _saved_identities(self, state_dict: Mapping[str, Any], where: str) -> list[Mapping[str, Any] | None]:

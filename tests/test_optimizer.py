@@ -350,6 +350,16 @@ def test_another_optimizers_state_dict_is_refused_before_anything_changes(networ
     train(model, optimizer, 1, start=1)
 
 
+@pytest.mark.parametrize("other", [torch.optim.Adam, torch.optim.SGD, torch.optim.RMSprop])
+def test_a_fresh_optimizers_state_dict_is_refused_by_its_options(network, other):
+    model, optimizer = _trained(network)
+    fresh = other(model.parameters(), lr=1e-3)  # no per-parameter state yet: only its groups tell
+    _assert_refused_and_unchanged(optimizer, fresh.state_dict(), ValueError, "options .* of another torch.optim")
+    ours_without_identity = optimizer.state_dict()
+    del ours_without_identity["weights_identity"]  # as torch.distributed.checkpoint returns it
+    LearnedOptimizer(model.parameters(), weights=network).load_state_dict(ours_without_identity)
+
+
 def test_incomplete_or_mistyped_state_dicts_are_refused_naming_what_is_wrong(network):
     _, optimizer = _trained(network)
     good = optimizer.state_dict()
