@@ -220,6 +220,7 @@ class LearnedOptimizer(Optimizer):
         that network's size; other groups run the constructor's weights."""
         if "revision" in param_group and "weights" not in param_group:
             raise ValueError("a parameter group gives 'revision' without 'weights'; give both or neither")
+        param_group = dict(param_group)  # the caller's dict keeps its "weights" (it may build another optimizer)
         weights = param_group.pop("weights", None)
         revision = param_group.pop("revision", None)
         network = self.network if weights is None else self._checked_network(weights, revision)
@@ -474,5 +475,5 @@ class LearnedOptimizer(Optimizer):
             saved = state_dict["state"].get(param_id)
             if saved is not None:
                 self.state[param][STATE_KEY] = saved[STATE_KEY].to(
-                    device=param.device, dtype=self.state_dtype, copy=True
+                    device=param.device, dtype=self.state_dtype, copy=True, memory_format=torch.contiguous_format
                 )

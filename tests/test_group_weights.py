@@ -120,6 +120,15 @@ def test_a_group_added_later_brings_its_own_weights():
     assert torch.equal(restored.state[model[0].bias]["lstm_state"], optimizer.state[model[0].bias]["lstm_state"])
 
 
+def test_the_callers_group_dicts_keep_their_weights():
+    conv_rule, fc_rule = networks()
+    model = make_model()
+    groups = [{"params": list(model[0].parameters()), "weights": conv_rule}, {"params": list(model[2].parameters())}]
+    first, second = (LearnedOptimizer(groups, weights=fc_rule) for _ in range(2))
+    assert groups[0]["weights"] is conv_rule
+    assert first.group_networks == second.group_networks == [conv_rule, fc_rule]
+
+
 def test_group_weights_are_checked_like_the_constructors():
     model = make_model()
     with pytest.raises(ValueError, match="'revision' without 'weights'"):

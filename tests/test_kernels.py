@@ -3,6 +3,7 @@
 
 import io
 import math
+import os
 
 import pytest
 import torch
@@ -473,3 +474,39 @@ def test_an_option_the_kernels_do_not_compute_runs_the_reference(monkeypatch):
     for implementation in ("fused", "blocked"):
         with pytest.raises(ValueError, match="does not compute every option"):
             LearnedOptimizer([torch.nn.Parameter(torch.ones(2))], weights=clipped, implementation=implementation)
+
+
+def test_strided_parameters_and_states_are_stepped_where_they_are(fresh_kernel_cache):
+    """A parameter that is a strided view (every other element of a tensor, a column) and LSTM state loaded in
+    column-major order: the one-pass kernel must not read or write them as dense."""
+    network = make_network(DEFAULT_FORM)
+    n = BLOCK_SIZES["native"] + 5
+    results = {}
+    for implementation in ("reference", "fused"):
+        torch.manual_seed(4)
+        base, matrix = torch.randn(2 * n), torch.randn(n, 4)
+        params = [torch.nn.Parameter(base[::2]), torch.nn.Parameter(matrix[:, :1])]
+        optimizer = LearnedOptimizer(params, weights=network, implementation=implementation)
+        for step in range(3):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(step)) * 0.01
+            optimizer.step()
+            if step == 0:  # resume from the same state laid out column by column
+                state_dict = optimizer.state_dict()
+                for entry in state_dict["state"].values():
+                    flat = entry["lstm_state"].reshape(-1, network.state_size)
+                    entry["lstm_state"] = flat.t().contiguous().t().view_as(entry["lstm_state"])
+                optimizer.load_state_dict(state_dict)
+        results[implementation] = (base.clone(), matrix.clone())
+    for fused, reference in zip(results["fused"], results["reference"]):
+        torch.testing.assert_close(fused, reference, **TOLERANCE)
+
+
+def test_a_build_under_a_group_writable_umask_is_loaded(fresh_kernel_cache):
+    previous = os.umask(0o002)
+    try:
+        assert native.load(pack_network(CoordinatewiseLSTM(hidden_size=3, num_layers=1), CPU)) is not None
+    finally:
+        os.umask(previous)
+    (library,) = fresh_kernel_cache.glob("*.so")
+    assert not library.stat().st_mode & 0o022

@@ -318,6 +318,11 @@ def _shares_memory(a: Tensor, b: Tensor) -> bool:
     return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
+def _rows_contiguous(state: Tensor) -> bool:
+    """Whether each row of ``state`` (m, state_size) is dense, as the compiled kernels read and write it."""
+    return state.shape[1] <= 1 or state.stride(1) == 1
+
+
 def _split(mask: Tensor | None, sizes: list[int]) -> list[Tensor | None]:
     return [None] * len(sizes) if mask is None else list(mask.split(sizes))
 
@@ -375,7 +380,8 @@ def blocked_step(
         for k, n in enumerate(numels):
             whole = n // block_size * block_size
             tensors = (flat_params[k], flat_grads[k], flat_states[k])
-            if whole and all(tensor.dtype == torch.float32 for tensor in tensors):
+            dense = flat_params[k].is_contiguous() and _rows_contiguous(flat_states[k])
+            if whole and dense and all(tensor.dtype == torch.float32 for tensor in tensors):
                 theta, grad, state = (tensor[:whole] for tensor in tensors)
                 kernel.step_parameters(kernel_weights, grad, state, theta, lr=float(lr), decay=decay, maximize=maximize)
                 in_one_pass[k] = whole
@@ -409,7 +415,7 @@ def blocked_step(
             update = work.update[:m]
             segments = zip(state_src, grad.split(sizes), work.state[:m].split(sizes), update.split(sizes))
             for (old, grad_part, buffer, update_part), segment_keep in zip(segments, _split(keep, sizes)):
-                direct = old.dtype == torch.float32 and all_finite
+                direct = old.dtype == torch.float32 and all_finite and _rows_contiguous(old)
                 state = old if direct else buffer.copy_(old)
                 kernel(packed, kernel_weights, grad_part, state, update_part)
                 if not direct:

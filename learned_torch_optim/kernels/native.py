@@ -34,6 +34,8 @@ from .blocked import PackedNetwork, check_kernel
 SOURCE = Path(__file__).with_name("lstm_cpu.cpp")
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-pthread")
 ABI_VERSION = 4
+BUILD_TIMEOUT = 300
+"""Seconds a build may take before the torch path is used instead."""
 PREPROCESSING_CODES = {"identity": 0, "log_sign": 1, "adam_normalized": 2}
 
 last_failure: str | None = None
@@ -216,13 +218,17 @@ def _build(shape: Form) -> Path:
         return target
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
         built = Path(tmp) / target.name
-        result = subprocess.run(
-            [compiler, *FLAGS, *defines, str(SOURCE), "-o", str(built)], capture_output=True, text=True, check=False
-        )
+        command = [compiler, *FLAGS, *defines, str(SOURCE), "-o", str(built)]
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=BUILD_TIMEOUT)
+        except subprocess.TimeoutExpired as error:
+            raise BuildError(f"building {SOURCE.name} took over {BUILD_TIMEOUT} s") from error
         if result.returncode != 0:
             raise BuildError(f"building {SOURCE.name} failed:\n{result.stderr[-2000:]}")
         digest = Path(tmp) / _digest_file(target).name
         digest.write_text(hashlib.sha256(built.read_bytes()).hexdigest())
+        built.chmod(0o700)  # whatever the umask: the load refuses files others can write
+        digest.chmod(0o600)
         os.replace(digest, _digest_file(target))
         os.replace(built, target)  # atomic: concurrent builders never see a partial library
     return target
