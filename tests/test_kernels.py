@@ -510,3 +510,15 @@ def test_a_build_under_a_group_writable_umask_is_loaded(fresh_kernel_cache):
         os.umask(previous)
     (library,) = fresh_kernel_cache.glob("*.so")
     assert not library.stat().st_mode & 0o022
+
+
+def test_a_cached_library_replaced_by_a_link_is_not_loaded_through_it(monkeypatch, fresh_kernel_cache, tmp_path):
+    packed = pack_network(CoordinatewiseLSTM(hidden_size=3, num_layers=1), CPU)
+    native_kernel(packed)
+    (library,) = fresh_kernel_cache.glob("*.so")
+    elsewhere = tmp_path / "elsewhere.so"
+    library.rename(elsewhere)
+    library.symlink_to(elsewhere)  # same bytes, same recorded sha256: only the link betrays it
+    monkeypatch.setattr(native, "_kernels", {})
+    assert native.load(packed) is not None, native.last_failure
+    assert not library.is_symlink()  # built afresh in its place

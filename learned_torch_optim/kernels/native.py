@@ -186,9 +186,10 @@ class BuildError(RuntimeError):
     """No compiler, or the kernel did not compile."""
 
 
-def _check_private(path: Path) -> None:
-    """Raise ``PermissionError`` unless ``path`` belongs to this user and no one else can write to it."""
-    info = path.stat()
+def _check_private(path: Path, info: os.stat_result | None = None) -> None:
+    """Raise ``PermissionError`` unless ``path`` (whose ``stat``, if given, is ``info``) belongs to this user and no
+    one else can write to it."""
+    info = info or path.stat()
     if hasattr(os, "getuid") and info.st_uid != os.getuid():
         raise PermissionError(
             f"{path} belongs to user id {info.st_uid}, not to this user ({os.getuid()}): its kernel libraries are "
@@ -248,13 +249,24 @@ def _intact(library_file: Path) -> bool:
         return False
 
 
+def _read_private(library_file: Path) -> bytes:
+    """The bytes of ``library_file``, read through one descriptor whose owner and mode are checked (not a link)."""
+    descriptor = os.open(library_file, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    with os.fdopen(descriptor, "rb") as file:
+        _check_private(library_file, os.fstat(file.fileno()))
+        return file.read()
+
+
 def _open(library_file: Path, shape: Form, packed: PackedNetwork) -> NativeKernel:
-    """Load ``library_file`` under a name of its own (so that a rebuilt file is not answered with the handle of
-    the one it replaced) and check it against the torch operations."""
-    _check_private(library_file)
-    with tempfile.TemporaryDirectory(dir=library_file.parent) as tmp:
+    """Load the bytes of ``library_file`` that match its recorded sha256, from a copy in a folder of our own under
+    a name of its own (so that the bytes checked are the bytes loaded, and a rebuilt file is not answered with the
+    handle of the one it replaced), and check the kernel against the torch operations."""
+    data = _read_private(library_file)
+    if hashlib.sha256(data).hexdigest() != _digest_file(library_file).read_text().strip():
+        raise RuntimeError(f"{library_file} does not match the sha256 recorded at its build")
+    with tempfile.TemporaryDirectory(dir=library_file.parent) as tmp:  # mode 0700
         private_name = Path(tmp) / library_file.name
-        shutil.copyfile(library_file, private_name)
+        private_name.write_bytes(data)
         library = ctypes.CDLL(str(private_name))  # stays mapped once its file is gone
     if library.lto_abi_version() != ABI_VERSION:
         raise RuntimeError("stale kernel library")
