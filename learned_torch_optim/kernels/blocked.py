@@ -362,8 +362,8 @@ def blocked_step(
     ``theta <- theta * (1 - lr * weight_decay) + lr * u``.  A coordinate whose gradient is not finite keeps its
     parameter and state.  Blocks of one tensor, fp32 and all finite are computed where they are stored; others are
     gathered into the workspace and scattered back (with a compiled kernel, the state of each fp32 tensor of a
-    block is used where it is stored).  A kernel with ``step_parameters`` (the CPU kernel) takes the whole blocks
-    of such a tensor in one call that also updates the parameters: no workspace, and one start of its threads per
+    block is used where it is stored).  A kernel with ``step_parameters`` (the CPU kernel) takes each dense fp32
+    tensor whole, in one call that also updates the parameters: no workspace, and one start of its threads per
     tensor rather than per block.  Returns whether every gradient was finite.
     """
     numels = [p.numel() for p in params]
@@ -374,20 +374,15 @@ def blocked_step(
     all_finite = not nonempty or bool(torch.stack(torch._foreach_norm(nonempty, math.inf)).isfinite().all())
     work = Workspace(packed, min(block_size, sum(numels)), params[0].device, for_torch_math=kernel is None)
     kernel_weights = kernel.pack(packed) if kernel is not None else None
-    in_one_pass = {}  # tensor index -> coordinates stepped by step_parameters
+    in_blocks = list(numels)  # coordinates left to the blocks, per tensor
     if hasattr(kernel, "step_parameters") and all_finite:
         decay = float(1 - lr * weight_decay)
-        for k, n in enumerate(numels):
-            whole = n // block_size * block_size
-            tensors = (flat_params[k], flat_grads[k], flat_states[k])
-            dense = flat_params[k].is_contiguous() and _rows_contiguous(flat_states[k])
-            if whole and dense and all(tensor.dtype == torch.float32 for tensor in tensors):
-                theta, grad, state = (tensor[:whole] for tensor in tensors)
+        for k, (theta, grad, state) in enumerate(zip(flat_params, flat_grads, flat_states)):
+            dense = theta.is_contiguous() and _rows_contiguous(state)
+            if dense and all(tensor.dtype == torch.float32 for tensor in (theta, grad, state)):
                 kernel.step_parameters(kernel_weights, grad, state, theta, lr=float(lr), decay=decay, maximize=maximize)
-                in_one_pass[k] = whole
-    for block in plan_blocks(numels, block_size):
-        if len(block) == 1 and block[0][2] <= in_one_pass.get(block[0][0], 0):
-            continue
+                in_blocks[k] = 0
+    for block in plan_blocks(in_blocks, block_size):
         sizes = [stop - start for _, start, stop in block]
         m = sum(sizes)
         theta_src = [flat_params[k][a:b] for k, a, b in block]
