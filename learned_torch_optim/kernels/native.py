@@ -9,8 +9,8 @@ something is missing or fails (no compiler, a build or load error, a result that
 :func:`~learned_torch_optim.kernels.blocked.lstm_block` on :func:`~learned_torch_optim.kernels.blocked.check_kernel`),
 :func:`load` returns ``None`` and the blocked torch path is used instead; the reason is kept in :data:`last_failure`.
 A cached library whose sha256 differs from the one recorded at its build, or that fails to load or to check, is
-built afresh.  The cache folder and the library must belong
-to this user and be writable by nobody else, or nothing there is loaded (a warning says why).
+built afresh.  The cache folder and the library must belong to this user and be writable by nobody else, or nothing
+there is loaded (a warning says why).
 """
 
 from __future__ import annotations
@@ -203,7 +203,7 @@ def _check_private(path: Path, info: os.stat_result | None = None) -> None:
 
 
 def _build(shape: Form) -> Path:
-    """The library for ``shape`` in the cache folder, built there unless it is there intact."""
+    """The library for ``shape`` in the cache folder, built there unless it is there (:func:`_open` checks it)."""
     compiler = _compiler()
     if compiler is None:
         raise BuildError("no C++ compiler found ($CXX, c++, g++, clang++)")
@@ -215,7 +215,7 @@ def _build(shape: Form) -> Path:
     target = folder / f"lstm_cpu_{'_'.join(map(str, shape))}_{key[:16]}.so"
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     _check_private(folder)
-    if _intact(target):
+    if target.exists():
         return target
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
         built = Path(tmp) / target.name
@@ -239,16 +239,6 @@ def _digest_file(library_file: Path) -> Path:
     return library_file.with_name(library_file.name + ".sha256")
 
 
-def _intact(library_file: Path) -> bool:
-    """Whether ``library_file`` exists with the sha256 recorded when it was built (a truncated or damaged library
-    must not be loaded: mapping it can crash the process)."""
-    try:
-        recorded = _digest_file(library_file).read_text().strip()
-        return hashlib.sha256(library_file.read_bytes()).hexdigest() == recorded
-    except OSError:
-        return False
-
-
 def _read_private(library_file: Path) -> bytes:
     """The bytes of ``library_file``, read through one descriptor whose owner and mode are checked (not a link)."""
     descriptor = os.open(library_file, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
@@ -260,7 +250,8 @@ def _read_private(library_file: Path) -> bytes:
 def _open(library_file: Path, shape: Form, packed: PackedNetwork) -> NativeKernel:
     """Load the bytes of ``library_file`` that match its recorded sha256, from a copy in a folder of our own under
     a name of its own (so that the bytes checked are the bytes loaded, and a rebuilt file is not answered with the
-    handle of the one it replaced), and check the kernel against the torch operations."""
+    handle of the one it replaced), and check the kernel against the torch operations.  A truncated or damaged
+    library is never mapped (that can crash the process): its bytes fail the sha256 first."""
     data = _read_private(library_file)
     if hashlib.sha256(data).hexdigest() != _digest_file(library_file).read_text().strip():
         raise RuntimeError(f"{library_file} does not match the sha256 recorded at its build")
@@ -287,7 +278,7 @@ def _load(shape: Form, packed: PackedNetwork) -> NativeKernel:
         return _open(library_file, shape, packed)
     except PermissionError:
         raise
-    except (OSError, RuntimeError, AttributeError):  # damaged after its digest was written, or stale: again
+    except (OSError, RuntimeError, AttributeError):  # damaged, without its digest, or stale: build it again
         library_file.unlink(missing_ok=True)
         return _open(_build(shape), shape, packed)
 
