@@ -9,7 +9,7 @@ initial parameters and minibatches for every optimizer) are optimised for the ta
 
 - Adam at every learning rate of the half-decade grid ``1e-4 ... 1`` (``HALF_DECADES``): "tuned Adam" is the best
   of them on the task by the metric (the smallest lr on ties), "Adam 1e-3" the grid point 1e-3;
-- ``LearnedOptimizer(weights=W)`` at ``lr=1`` (untuned) for each ``--weights W``.
+- ``LearnedOptimizer(weights=W)`` at the weights' ``nominal_lr`` (untuned) for each ``--weights W``.
 
 Runs and scores follow the evaluation protocol of ``learned_torch_optim.meta.evaluation.protocol``, the one of
 ``learned-torch-optim evaluate``.  Metric: the mean training loss over the horizon (``horizon_mean``: the paper's
@@ -112,7 +112,7 @@ def _run(job: dict[str, Any]) -> dict[str, Any]:
         network = load_weights(job["weights"])
 
         def make(params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-            return LearnedOptimizer(params, weights=network, lr=job["lr"])
+            return LearnedOptimizer(params, weights=network, lr=job["lr"] * network.nominal_lr)
 
     started = time.perf_counter()
     curve = run_optimizer(problem, make, job["steps"])

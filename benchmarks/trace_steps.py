@@ -3,12 +3,12 @@
     python benchmarks/trace_steps.py --task mnist-mlp --steps 10000 --weights l2l-general --out trace.jsonl
                                      [--seed-index 0] [--data-dir DIR] [--cosine-lr]
 
-Runs ``LearnedOptimizer(weights=W)`` at ``lr=1`` on the suite's problem ``--seed-index`` of ``--task`` (test split,
-the same problem and minibatches as ``benchmarks/generalist_suite.py``) and writes one JSON line per step: the loss
-before the step, the gradient's norm and largest entry, the update's norm and largest entry, how many coordinates
-moved by more than 0.01, how many hit the network's ``update_clip`` (if it has one), and the parameters' norm
-before the step; then prints the mean loss and the mean loss per tenth of the run.  ``--cosine-lr`` decays ``lr``
-from 1 to 0 over the run (``torch.optim.lr_scheduler.CosineAnnealingLR``).
+Runs ``LearnedOptimizer(weights=W)`` at its default lr on the suite's problem ``--seed-index`` of ``--task`` (test
+split, the same problem and minibatches as ``benchmarks/generalist_suite.py``) and writes one JSON line per step:
+the loss before the step, the gradient's norm and largest entry, the update's norm and largest entry, how many
+coordinates moved by more than 0.01, how many hit the network's ``update_clip`` (if it has one), and the parameters'
+norm before the step; then prints the mean loss and the mean loss per tenth of the run. ``--cosine-lr`` decays
+``lr`` from its default to 0 over the run (``torch.optim.lr_scheduler.CosineAnnealingLR``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def trace(
     problem = suite_problem(task, seed_index, data_dir)
     network = load_weights(weights)
     params = torch.nn.Parameter(problem.init_params())
-    optimizer = LearnedOptimizer([params], weights=network, lr=1.0)
+    optimizer = LearnedOptimizer([params], weights=network)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps) if cosine_lr else None
     clip = network.update_clip
     rows = []
@@ -68,7 +68,7 @@ def main() -> None:
     parser.add_argument("--seed-index", type=int, default=0)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--cosine-lr", action="store_true", help="decay lr from 1 to 0 over the run")
+    parser.add_argument("--cosine-lr", action="store_true", help="decay lr from its default to 0 over the run")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows = trace(args.task, args.steps, args.weights, args.seed_index, args.data_dir, args.cosine_lr)

@@ -195,6 +195,12 @@ class NetworkConfig:
         "paper: None)",
         CLIP,
     )
+    nominal_lr: float = option(
+        1.0,
+        "the lr the weights were meta-trained at, LearnedOptimizer's default lr; the step is the network's update "
+        "times lr / nominal_lr (1.0: lr is a factor on the trained step; 1e-3: lr in Adam's units)",
+        POSITIVE,
+    )
 
     def __post_init__(self) -> None:
         for declared in fields(self):

@@ -24,7 +24,7 @@ from .kernels import implements, step_in_blocks
 from .network import CoordinatewiseLSTM
 from .weights import load_weights
 
-__all__ = ["IMPLEMENTATIONS", "LearnedOptimizer", "choose_implementation", "learned_step"]
+__all__ = ["IMPLEMENTATIONS", "LR_RANGE", "LearnedOptimizer", "choose_implementation", "learned_step"]
 
 STATE_KEY = "lstm_state"
 OTHER_OPTIMIZERS_OPTIONS = frozenset(
@@ -131,6 +131,28 @@ def choose_implementation(implementation: str, device: torch.device, network: Co
     return "blocked"
 
 
+LR_RANGE = 30.0
+"""How far (as a factor either way) a constructor's ``lr`` may be from the weights' ``nominal_lr``."""
+
+
+def _check_lr_unit(lr: float | Tensor, network: CoordinatewiseLSTM, group_index: int) -> None:
+    """Refuse an ``lr`` that is not 0 and more than :data:`LR_RANGE` times away from ``network.nominal_lr``."""
+    value, nominal = float(lr), network.nominal_lr
+    if value == 0.0 or nominal / LR_RANGE <= value <= nominal * LR_RANGE:
+        return
+    unit = (
+        "multiplies the step the weights were meta-trained to make (1.0: as trained)"
+        if nominal == 1.0
+        else f"is in Adam's units: {nominal:g} gives the step the weights were meta-trained to make"
+    )
+    raise ValueError(
+        f"lr={value:g} (parameter group {group_index}) is {value / nominal:.3g} times the lr these weights were "
+        f"meta-trained at (nominal_lr={nominal:g} in their config): for them lr {unit}. Leave lr out to use "
+        f"{nominal:g}, or pass a value in [{nominal / LR_RANGE:.3g}, {nominal * LR_RANGE:.3g}]; an LR scheduler may "
+        "take it anywhere afterwards"
+    )
+
+
 class LearnedOptimizer(Optimizer):
     r"""Optimizer driven by a meta-trained coordinatewise LSTM (Andrychowicz et al., 2016).
 
@@ -146,8 +168,13 @@ class LearnedOptimizer(Optimizer):
             network for convolutional weights and one for the rest, as the paper's CIFAR-10 experiment).
             ``self.group_networks`` lists each group's network, ``self.network`` is the constructor's.
         revision: branch, tag or commit when ``weights`` is a hub repo id.
-        lr: multiplies the network's output; 1.0 is the update the network was meta-trained to make and 0.0 is
-            an exact no-op.  LR schedulers act through ``group["lr"]``.
+        lr: the learning rate; the step is the network's update times ``lr / nominal_lr``, where ``nominal_lr``
+            (in the weights' config) is the lr they were meta-trained at.  ``None`` (default) takes each group's
+            ``nominal_lr``: the update as trained.  Weights with ``nominal_lr = 1e-3`` take ``lr`` in Adam's units
+            (the ``lr`` given to Adam works as it is); for those with ``nominal_lr = 1`` (``l2l-general``, the
+            paper's) ``lr`` is a factor on the trained step.  An ``lr`` more than :data:`LR_RANGE` times away from
+            ``nominal_lr`` (other than 0) is refused at construction: it is meant in the other unit.  0.0 is an exact
+            no-op; LR schedulers act through ``group["lr"]``.
         weight_decay: decoupled weight decay, ``theta *= 1 - lr * weight_decay`` every step.
         maximize: maximize the objective instead of minimizing it.
         implementation: how a step is computed; every choice computes the same function (to fp32 rounding).
@@ -176,7 +203,7 @@ class LearnedOptimizer(Optimizer):
         weights: str | os.PathLike | CoordinatewiseLSTM = "default",
         *,
         revision: str | None = None,
-        lr: float | Tensor = 1.0,
+        lr: float | Tensor | None = None,
         weight_decay: float = 0.0,
         maximize: bool = False,
         implementation: str = "auto",
@@ -188,16 +215,17 @@ class LearnedOptimizer(Optimizer):
             raise ValueError(f"state_dtype must be a floating torch.dtype, got {state_dtype!r}")
         if isinstance(lr, Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
-        if not 0.0 <= lr:
+        if lr is not None and not 0.0 <= lr:
             raise ValueError(f"Invalid learning rate: {lr}")
         if not 0.0 <= weight_decay:
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-        defaults = dict(lr=lr, weight_decay=weight_decay, maximize=maximize)
         self.implementation = implementation
         self.state_dtype = state_dtype
         self._warned_non_finite = False
         self.network = self._checked_network(weights, revision)
         self.group_networks: list[CoordinatewiseLSTM] = []
+        self._lr_from_weights = lr is None
+        defaults = dict(lr=self.network.nominal_lr if lr is None else lr, weight_decay=weight_decay, maximize=maximize)
         super().__init__(params, defaults)
 
     def _checked_network(self, weights: str | os.PathLike | CoordinatewiseLSTM, revision: str | None):
@@ -224,6 +252,9 @@ class LearnedOptimizer(Optimizer):
         weights = param_group.pop("weights", None)
         revision = param_group.pop("revision", None)
         network = self.network if weights is None else self._checked_network(weights, revision)
+        if "lr" not in param_group and self._lr_from_weights:
+            param_group["lr"] = network.nominal_lr
+        _check_lr_unit(param_group.get("lr", self.defaults["lr"]), network, len(self.param_groups))
         super().add_param_group(param_group)
         self.group_networks.append(network)
 
@@ -236,6 +267,7 @@ class LearnedOptimizer(Optimizer):
         self.__dict__.setdefault("state_dtype", torch.float32)
         self.__dict__.setdefault("_warned_non_finite", False)
         self.__dict__.setdefault("group_networks", [self.network] * len(self.param_groups))
+        self.__dict__.setdefault("_lr_from_weights", False)
 
     def __getstate__(self) -> dict[str, Any]:
         return {
@@ -303,7 +335,11 @@ class LearnedOptimizer(Optimizer):
                 continue
             buckets = Optimizer._group_tensors_by_device_and_dtype(tensors)
             for (device, _), ((b_params, b_grads, b_states, b_steps), _) in buckets.items():
-                options = dict(lr=group["lr"], weight_decay=group["weight_decay"], maximize=group["maximize"])
+                options = dict(
+                    lr=group["lr"] / network.nominal_lr,
+                    weight_decay=group["weight_decay"] * network.nominal_lr,
+                    maximize=group["maximize"],
+                )
                 chosen = choose_implementation(self.implementation, device, network)
                 if chosen == "reference":
                     on_device = self._network_on(network, device)

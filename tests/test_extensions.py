@@ -265,7 +265,9 @@ def test_fine_tuning_starts_from_the_given_weights_and_validates_at_its_own_hori
     steps = []
     protocol = importlib.import_module("learned_torch_optim.meta.evaluation.protocol")
     original = protocol.run_learned
-    monkeypatch.setattr(protocol, "run_learned", lambda net, problem, n: steps.append(n) or original(net, problem, n))
+    monkeypatch.setattr(
+        protocol, "run_learned", lambda net, problem, n, **options: steps.append(n) or original(net, problem, n)
+    )
     assert tuned.validate() < math.inf
     assert steps == [7, 7]
     tuned.train(progress=False)

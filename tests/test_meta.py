@@ -286,6 +286,8 @@ MUST_KEEP_ON_RESUME = {  # for every setting --resume must keep, a value other t
     "init": "forget_bias",
     "init_from": "l2l-paper-quadratic",
     "param_scale": 2.0,
+    "lr_schedules": ["warmup-cosine"],
+    "lr_factor_range": 3.0,
     "unroll": 5,
     "meta_lr": 1e-2,
     "meta_lr_schedule": "cosine",

@@ -36,9 +36,11 @@ IMPLEMENTED_OPTIONS = frozenset(
         "magnitude_scale",
         "update_clip",
         "gradient_rms_clip",
+        "nominal_lr",
     }
 )
-"""The network options the blocked step and the compiled kernels compute (``tests/test_kernels.py`` tests each
+"""The network options the blocked step and the compiled kernels compute (``nominal_lr`` only scales ``lr``, which
+the optimizer does before any implementation; ``tests/test_kernels.py`` tests each
 against ``CoordinatewiseLSTM.forward``).  An option added to the network is not among them until they learn it."""
 
 

@@ -7,7 +7,7 @@ Within one truncation of ``T`` steps, starting from ``theta_0`` and LSTM state `
     g_t              = grad f_t w.r.t. theta_t          # a constant: no second derivatives (paper 2, "we
                                                         # assume the gradients do not depend on phi")
     (u_t, s_{t+1})   = m(g_t, s_t; phi)
-    theta_{t+1}      = theta_t + u_t
+    theta_{t+1}      = theta_t + a_t u_t                # a_t: the lr schedule's factor (1 in the paper)
     L(phi)           = sum_{t=0}^{T-1} f_t              # all weights w_t = 1 (paper eq. 3)
                      (+ f(theta_T) with include_final)
 
@@ -60,13 +60,15 @@ def unroll(
     include_final: bool = False,
     log_losses: bool = False,
     second_derivatives: bool = False,
+    lr_factors: Tensor | None = None,
 ) -> UnrollResult:
     """Run ``steps`` optimizer steps of ``network`` on ``problem`` keeping the graph for the meta-gradient.
 
     ``params`` and ``state`` are detached here: a truncation never backpropagates into the previous one.  With
     ``include_final`` the meta-loss also has ``f(theta_T)``, the loss after the last update (on a fresh minibatch),
     as in the original implementation, so that the last update of the truncation is judged too.  With
-    ``second_derivatives`` the meta-gradient also flows through the gradients ``g_t``.
+    ``second_derivatives`` the meta-gradient also flows through the gradients ``g_t``.  With ``lr_factors`` (one per
+    step) the update of step ``t`` is ``lr_factors[t] * u_t``, as the optimizer's ``lr / nominal_lr`` makes it.
     """
     params = params.detach().requires_grad_(True)
     state = state.detach()
@@ -76,13 +78,13 @@ def unroll(
     def term(loss: Tensor) -> Tensor:
         return log_loss(loss) if log_losses else loss
 
-    for _ in range(steps):
+    for t in range(steps):
         loss = problem.loss(params, problem.sample_batch())
         (grad,) = torch.autograd.grad(loss, params, retain_graph=True, create_graph=second_derivatives)
         meta_loss = meta_loss + term(loss)
         losses.append(loss.detach())
         update, state = network(grad, state)
-        params = params + update
+        params = params + (update if lr_factors is None else lr_factors[t] * update)
     if include_final:
         meta_loss = meta_loss + term(problem.loss(params, problem.sample_batch()))
     return UnrollResult(meta_loss, params, state, torch.stack(losses))

@@ -210,7 +210,13 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
         "--optimizers", nargs="*", choices=list(BASELINES), default=list(DEFAULT_BASELINES), help="baselines to run"
     )
     p.add_argument("--lr-grid", nargs="+", type=float, default=None, help="baseline lrs; None: 1e-4, 10**-3.5, ..., 1")
-    p.add_argument("--learned-lr-grid", nargs="+", type=float, default=[1.0], help="lrs of the learned optimizer")
+    p.add_argument(
+        "--learned-lr-grid",
+        nargs="+",
+        type=float,
+        default=[1.0],
+        help="lrs of the learned optimizer, as factors on its weights' nominal_lr (1: as meta-trained)",
+    )
     p.add_argument("--cache-dir", default=None, help="baseline cache; None: ~/.cache/learned_torch_optim/baselines")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the baseline cache")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

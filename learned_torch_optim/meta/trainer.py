@@ -23,6 +23,7 @@ from ..network import CoordinatewiseLSTM
 from ..weights import load_weights
 from .bptt import log_loss, unroll
 from .files import atomic_write, atomic_write_text, file_mode, temporaries
+from .schedules import SCHEDULES, lr_factors
 from .tasks import TASK_DESCRIPTIONS, Problem, RescaledProblem, Task, get_task
 from .widen import widen
 
@@ -44,9 +45,9 @@ CHECKPOINT_KEYS = (
 )
 """The entries of a checkpoint that resuming needs."""
 VALIDATION_SEED = 10**9
-STEP_BOUNDS = ("update_clip", "gradient_rms_clip")
-"""Network options that fine-tuning can set to any value: bounds that add no weights."""
-FINE_TUNING_CHANGES = ("momentum_decays", "step_timescales", *STEP_BOUNDS)
+WEIGHTLESS_OPTIONS = ("update_clip", "gradient_rms_clip", "nominal_lr")
+"""Network options that fine-tuning can set to any value: step bounds and the lr's unit, which add no weights."""
+FINE_TUNING_CHANGES = ("momentum_decays", "step_timescales", *WEIGHTLESS_OPTIONS)
 """The network options that fine-tuning (``TrainConfig.init_from``) may change in the starting weights' config."""
 
 MetaLrSchedule = Literal["constant", "cosine"]
@@ -131,17 +132,18 @@ class TrainConfig:
     init_from: str | None = setting(
         None,
         "start from these weights (packaged name, directory or hub repo id) and their network config, to which "
-        "--momentum-decays and --step-timescales can add inputs (zero weights at first) and --update-clip and "
-        "--gradient-rms-clip can set step bounds; leave the other network flags at their defaults",
+        "--momentum-decays and --step-timescales can add inputs (zero weights at first), --update-clip and "
+        "--gradient-rms-clip can set step bounds and --nominal-lr the lr's unit; leave the other network flags at "
+        "their defaults",
         card=None,
         stored_as="init_weights",
         metavar="WEIGHTS",
     )
     """Fine-tuning: ``network_config`` then holds changes to the weights' config, which may only add
-    ``momentum_decays`` or ``step_timescales`` (:func:`~.widen.widen`) or set the step bounds
-    ``update_clip`` and ``gradient_rms_clip``.  The weights are validated before the first iteration and stay the
-    result unless a later validation beats them; resuming checks that the weights are still those the run started
-    from."""
+    ``momentum_decays`` or ``step_timescales`` (:func:`~.widen.widen`) or set the weightless options
+    ``update_clip``, ``gradient_rms_clip`` and ``nominal_lr``.  The weights are validated before the first
+    iteration and stay the result unless a later validation beats them; resuming checks that the weights are still
+    those the run started from."""
     param_scale: float | None = setting(
         None,
         "rescale each training problem's coordinates by factors log-uniform in [1/S, S] (Lv et al. 2017)",
@@ -149,6 +151,22 @@ class TrainConfig:
         metavar="S",
     )
     """See :class:`RescaledProblem`."""
+    lr_schedules: list[str] = setting(
+        [],
+        "learning-rate schedules (" + ", ".join(SCHEDULES) + "), one drawn per iteration, that multiply the network's "
+        "update at each step of the horizon, as the optimizer's lr does (none: the update as it is)",
+        card="lr schedules (one per problem)",
+        nargs="+",
+        choices=SCHEDULES,
+        metavar="SCHEDULE",
+    )
+    """See :mod:`.schedules`; validation problem ``i`` runs under ``lr_schedules[i % len(lr_schedules)]``."""
+    lr_factor_range: float | None = setting(
+        None,
+        "multiply each iteration's updates by a factor log-uniform in [1/R, R] too: the lr a user picks",
+        card="random lr factor",
+        metavar="R",
+    )
     unroll: int = setting(20, "truncation length of BPTT", card="unroll (truncation length)")
     """``horizon / unroll`` meta-updates per problem."""
     meta_lr: float = setting(
@@ -265,6 +283,11 @@ class TrainConfig:
             raise ValueError(f"validation_horizon must be at least 1, got {self.validation_horizon}")
         if self.param_scale is not None and not self.param_scale >= 1:
             raise ValueError(f"param_scale must be at least 1, got {self.param_scale}")
+        for schedule in self.lr_schedules:
+            if schedule not in SCHEDULES:
+                raise ValueError(f"lr_schedules: {schedule!r} is not one of {SCHEDULES}")
+        if self.lr_factor_range is not None and not self.lr_factor_range >= 1:
+            raise ValueError(f"lr_factor_range must be at least 1, got {self.lr_factor_range}")
         if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
             raise ValueError(f"clip_grad_norm must be positive, got {self.clip_grad_norm}")
         if torch.device(self.device).type == "cuda" and not torch.cuda.is_available():
@@ -333,18 +356,22 @@ def meta_iteration(
     log_losses: bool = False,
     second_derivatives: bool = False,
     average_across_processes: bool = False,
+    lr_factors: torch.Tensor | None = None,
 ) -> float:
     """Optimise ``problem`` for ``horizon`` steps from its initial parameters and a zero LSTM state, with one
     meta-update of ``network`` per truncation of ``unroll_length`` steps; returns the mean loss per problem.
 
     With ``average_across_processes`` (``torch.distributed`` initialised) the meta-gradients and the returned loss
     are averaged over the processes, each of which brings its own problems.  A meta-gradient that is not finite is
-    skipped rather than applied.
+    skipped rather than applied.  ``lr_factors`` (one per step of the horizon) scale the updates (see ``unroll``).
     """
     params = problem.init_params()
     state = network.initial_state(params.numel(), device=params.device)
     losses = []
-    for _ in range(horizon // unroll_length):
+    for truncation in range(horizon // unroll_length):
+        factors = lr_factors
+        if lr_factors is not None:
+            factors = lr_factors[truncation * unroll_length : (truncation + 1) * unroll_length].to(params.device)
         result = unroll(
             network,
             problem,
@@ -354,6 +381,7 @@ def meta_iteration(
             include_final=include_final,
             log_losses=log_losses,
             second_derivatives=second_derivatives,
+            lr_factors=factors,
         )
         meta_optimizer.zero_grad()
         (result.meta_loss / problem.num_problems).backward()
@@ -441,7 +469,7 @@ class MetaTrainer:
                 momentum_decays=wanted.get("momentum_decays", ()),
                 step_timescales=wanted.get("step_timescales", ()),
             )
-            unbounded = dict.fromkeys(STEP_BOUNDS)
+            unbounded = dict.fromkeys(WEIGHTLESS_OPTIONS)
             if {**widened.config, **unbounded} != {**wanted, **unbounded}:
                 raise ValueError(
                     f"network_config={config.network_config!r} changes the config of init_from={config.init_from!r} "
@@ -595,28 +623,51 @@ class MetaTrainer:
             n = problem.init_params().numel()
             scales = torch.exp((2 * torch.rand(n, generator=self.generator) - 1) * log_range)
             problem = RescaledProblem(problem, scales)
+        horizon = self.horizon(self.iteration)
         return meta_iteration(
             self.network,
             self.meta_optimizer,
             problem.to(self.device),
-            horizon=self.horizon(self.iteration),
+            horizon=horizon,
             unroll_length=self.config.unroll,
             clip_grad_norm=self.config.clip_grad_norm,
             include_final=self.config.meta_loss_final,
             log_losses=self.config.meta_loss == "log",
             second_derivatives=self.config.second_derivatives,
             average_across_processes=self.world_size > 1,
+            lr_factors=self._draw_lr_factors(horizon),
         )
+
+    def _draw_lr_factors(self, horizon: int) -> torch.Tensor | None:
+        """The factors on this iteration's updates: a schedule of ``lr_schedules`` times a factor of
+        ``lr_factor_range``, drawn from the run's generator (``None``, drawing nothing, when neither is set)."""
+        c = self.config
+        if not c.lr_schedules and c.lr_factor_range is None:
+            return None
+        factors = torch.ones(horizon)
+        if c.lr_schedules:
+            pick = int(torch.randint(len(c.lr_schedules), (), generator=self.generator))
+            factors = lr_factors(c.lr_schedules[pick], horizon)
+        if c.lr_factor_range is not None:
+            log_range = math.log(c.lr_factor_range)
+            factors = factors * math.exp((2 * torch.rand((), generator=self.generator).item() - 1) * log_range)
+        return factors
 
     def validate(self) -> float:
         """Mean loss (log loss with ``meta_loss="log"``) over the horizon on fixed held-out problems of the
-        training distribution."""
+        training distribution, at the network's ``nominal_lr`` under the run's schedules in turn."""
         from .evaluation import protocol
 
         seeds = [VALIDATION_SEED + i for i in range(self.config.validation_problems)]
         problems = [self.task.problem(seed).to(self.device) for seed in seeds]
         horizon = self.validation_horizon
-        curves = torch.stack([protocol.run_learned(self.network, problem, horizon) for problem in problems])
+        schedules = self.config.lr_schedules or ["constant"]
+        curves = torch.stack(
+            [
+                protocol.run_learned(self.network, problem, horizon, schedule=schedules[i % len(schedules)])
+                for i, problem in enumerate(problems)
+            ]
+        )
         if self.config.meta_loss == "log":
             curves = log_loss(curves)
         metric = curves.mean().item()

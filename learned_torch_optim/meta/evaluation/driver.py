@@ -81,7 +81,8 @@ def evaluate(
             minibatches.
         steps: ``T``, optimizer steps per problem.
         lr_grid: learning rates tried for each baseline (half-decades from 1e-4 to 1 by default).
-        learned_lr_grid: learning rates tried for the learned optimizer (``(1.0,)``: untuned, as meta-trained).
+        learned_lr_grid: learning rates tried for the learned optimizer, as factors on its weights' ``nominal_lr``
+            (``(1.0,)``: untuned, as meta-trained).
         optimizers: baseline names, a subset of :data:`~.baselines.BASELINES`.
         seed: selects the evaluation problems.
         split: the data split of built-in dataset tasks (``"test"``: held out from meta-training).
@@ -135,7 +136,7 @@ def evaluate(
                 bar.set_postfix_str(f"{LEARNED} lr={lr:.2g}")
 
                 def make_learned(params: list[torch.nn.Parameter], lr: float = lr) -> torch.optim.Optimizer:
-                    return LearnedOptimizer(params, weights=network, lr=lr)
+                    return LearnedOptimizer(params, weights=network, lr=lr * network.nominal_lr)
 
                 runs.append(_run_problems(task_obj, seeds, make_learned, steps, lr, bar))
             description = f"LearnedOptimizer, weights {identity['source']} (sha256 {identity['sha256'][:12]})"

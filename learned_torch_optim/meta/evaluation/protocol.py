@@ -5,7 +5,8 @@ Every evaluation of the package runs optimizers this way: ``learned-torch-optim 
 validation.  Following the experiments of Andrychowicz et al. (2016), section 3, every optimizer optimises the same
 problems (:func:`problem_seeds`) for ``T`` steps from the same initial parameters and on the same minibatches
 (:func:`run_optimizer`), which gives a loss curve ``f(theta_0), ..., f(theta_{T-1})``: the losses at the iterates
-where the gradients are taken, as in :mod:`learned_torch_optim.meta.unroll`.
+where the gradients are taken, as in :mod:`learned_torch_optim.meta.bptt`; a run may follow a learning-rate schedule
+(:mod:`~learned_torch_optim.meta.schedules`).
 
 A run has *diverged* (:func:`diverged`) when a loss is NaN or infinite; it stops there, and every score of it is
 infinite, so it is never selected as the best.  The scores of a curve:
@@ -30,6 +31,7 @@ from torch import Tensor
 
 from ...network import CoordinatewiseLSTM
 from ...optimizer import LearnedOptimizer
+from ..schedules import Schedule, scheduler
 from ..tasks import Problem
 
 __all__ = [
@@ -65,12 +67,16 @@ def problem_seeds(seed: int, problems: int) -> list[int]:
     return [EVALUATION_SEED + seed * MAX_PROBLEMS + i for i in range(problems)]
 
 
-def run_optimizer(problem: Problem, make_optimizer: OptimizerFactory, steps: int) -> Tensor:
-    """Optimise ``problem`` for ``steps`` steps from its initial parameters; the loss before each step, per problem
-    of ``problem`` (``num_problems``), shape ``(steps,)``.  At the first NaN or infinite loss the run has diverged
-    and stops: the remaining entries are NaN."""
+def run_optimizer(
+    problem: Problem, make_optimizer: OptimizerFactory, steps: int, schedule: Schedule = "constant"
+) -> Tensor:
+    """Optimise ``problem`` for ``steps`` steps from its initial parameters, the optimizer's lr following
+    ``schedule`` over the ``steps`` (:mod:`~learned_torch_optim.meta.schedules`); the loss before each step, per
+    problem of ``problem`` (``num_problems``), shape ``(steps,)``.  At the first NaN or infinite loss the run has
+    diverged and stops: the remaining entries are NaN."""
     params = torch.nn.Parameter(problem.init_params())
     optimizer = make_optimizer([params])
+    lr_scheduler = scheduler(optimizer, schedule, steps) if schedule != "constant" else None
     losses = []
     for _ in range(steps):
         optimizer.zero_grad()
@@ -81,12 +87,21 @@ def run_optimizer(problem: Problem, make_optimizer: OptimizerFactory, steps: int
             break
         loss.backward()
         optimizer.step()
+        if lr_scheduler is not None:
+            lr_scheduler.step()
     return torch.stack(losses) / problem.num_problems
 
 
-def run_learned(network: CoordinatewiseLSTM, problem: Problem, steps: int, lr: float = 1.0) -> Tensor:
-    """:func:`run_optimizer` with ``LearnedOptimizer(params, weights=network, lr=lr)``."""
-    return run_optimizer(problem, lambda params: LearnedOptimizer(params, weights=network, lr=lr), steps)
+def run_learned(
+    network: CoordinatewiseLSTM,
+    problem: Problem,
+    steps: int,
+    lr: float | None = None,
+    schedule: Schedule = "constant",
+) -> Tensor:
+    """:func:`run_optimizer` with ``LearnedOptimizer(params, weights=network, lr=lr)`` (``None``: the network's
+    ``nominal_lr``)."""
+    return run_optimizer(problem, lambda params: LearnedOptimizer(params, weights=network, lr=lr), steps, schedule)
 
 
 def diverged(losses: Tensor) -> Tensor:

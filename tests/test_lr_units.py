@@ -1,0 +1,98 @@
+"""``lr`` and the weights' ``nominal_lr``: the lr a user passes to Adam either works or is refused at construction."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from learned_torch_optim import CoordinatewiseLSTM, LearnedOptimizer, load_weights
+from learned_torch_optim.optimizer import LR_RANGE
+
+GENERAL = {**load_weights("l2l-general").config}
+
+
+def general(nominal_lr: float) -> CoordinatewiseLSTM:
+    network = CoordinatewiseLSTM(**{**GENERAL, "nominal_lr": nominal_lr})
+    network.load_state_dict(load_weights("l2l-general").state_dict())
+    return network
+
+
+def stepped(network: CoordinatewiseLSTM, **options) -> torch.Tensor:
+    torch.manual_seed(0)
+    param = torch.nn.Parameter(torch.randn(50))
+    optimizer = LearnedOptimizer([param], weights=network, **options)
+    for _ in range(3):
+        param.grad = torch.randn(50)
+        optimizer.step()
+    return param.detach()
+
+
+def test_the_step_is_the_update_times_lr_over_nominal_lr():
+    as_factor, in_adam_units = general(1.0), general(1e-3)
+    assert "nominal_lr" not in as_factor.config and in_adam_units.config["nominal_lr"] == 1e-3
+    torch.testing.assert_close(stepped(in_adam_units, lr=1e-3), stepped(as_factor, lr=1.0), rtol=0, atol=0)
+    torch.testing.assert_close(stepped(in_adam_units), stepped(as_factor))
+    torch.testing.assert_close(stepped(in_adam_units, lr=5e-4), stepped(as_factor, lr=0.5))
+    # weight decay keeps AdamW's meaning, theta *= 1 - lr * weight_decay, with lr in the user's units
+    torch.testing.assert_close(
+        stepped(in_adam_units, lr=1e-3, weight_decay=10.0), stepped(as_factor, lr=1.0, weight_decay=1e-2)
+    )
+
+
+def test_the_default_lr_is_each_groups_nominal_lr():
+    a, b = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
+    optimizer = LearnedOptimizer([{"params": [a]}, {"params": [b], "weights": general(1e-3)}], weights=general(1.0))
+    assert [group["lr"] for group in optimizer.param_groups] == [1.0, 1e-3]
+    given = LearnedOptimizer([{"params": [a]}, {"params": [b], "weights": general(1.0)}], weights=general(1.0), lr=0.5)
+    assert [group["lr"] for group in given.param_groups] == [0.5, 0.5]
+
+
+@pytest.mark.parametrize(
+    "nominal_lr, refused, accepted", [(1.0, [1e-3, 1e-2, 100.0], [0.0, 0.1, 3.0]), (1e-3, [1.0, 0.1], [3e-4, 1e-2])]
+)
+def test_an_lr_in_the_other_unit_is_refused_at_construction(nominal_lr, refused, accepted):
+    network = general(nominal_lr)
+    for lr in refused:
+        with pytest.raises(ValueError, match=rf"lr={lr:g} \(parameter group 0\).*nominal_lr={nominal_lr:g}"):
+            LearnedOptimizer([torch.nn.Parameter(torch.ones(2))], weights=network, lr=lr)
+        with pytest.raises(ValueError, match=r"parameter group 1"):
+            LearnedOptimizer(
+                [
+                    {"params": [torch.nn.Parameter(torch.ones(2))]},
+                    {"params": [torch.nn.Parameter(torch.ones(2))], "lr": lr},
+                ],
+                weights=network,
+            )
+    for lr in accepted:
+        LearnedOptimizer([torch.nn.Parameter(torch.ones(2))], weights=network, lr=lr)
+    assert LR_RANGE == 30.0
+
+
+def test_a_scheduler_may_take_lr_anywhere_after_construction():
+    param = torch.nn.Parameter(torch.ones(3))
+    optimizer = LearnedOptimizer([param], weights=general(1.0))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1e-4)
+    param.grad = torch.ones(3)
+    optimizer.step()
+    scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)
+    optimizer.step()
+
+
+def _quickstart():
+    path = Path(__file__).resolve().parents[1] / "examples" / "quickstart.py"
+    spec = importlib.util.spec_from_file_location("quickstart", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_literal_swap_from_adam_on_the_quickstart_mlp():
+    """``LearnedOptimizer(params, lr=1e-3)``, the lr given to Adam, on the quick start's MLP: the default weights
+    (``l2l-general``, ``nominal_lr = 1``: lr is a factor on the trained step) refuse it at construction, naming lr
+    and the lr to use, instead of training 1,000 times slower than meta-trained."""
+    model = _quickstart().make_model(0)
+    assert load_weights("default").nominal_lr == 1.0
+    with pytest.raises(ValueError, match=r"lr=0.001 \(parameter group 0\) is 0.001 times .*Leave lr out to use 1"):
+        LearnedOptimizer(model.parameters(), lr=1e-3)
