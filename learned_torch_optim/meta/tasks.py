@@ -629,6 +629,12 @@ BUILTIN_TASKS: dict[str, BuiltinTask] = {
             "tinyshakespeare",
         ),
         BuiltinTask(
+            "char-attention-16",
+            "as char-attention with width 16 and windows of 16 chars (for meta-training; char-attention is held out)",
+            functools.partial(char_rnn_task, architecture="attention", hidden=16, sequence_length=16),
+            "tinyshakespeare",
+        ),
+        BuiltinTask(
             "quadratic-ill",
             "20-d quadratics 1/2 (x-c)^T A (x-c), condition number log-uniform in [10, 1e4], random basis",
             IllConditionedQuadraticTask,
