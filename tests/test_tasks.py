@@ -38,7 +38,14 @@ NEW_TASKS = [
     "mnist1d-mlp",
     "char-rnn",
     "quadratic-ill",
+    "char-attention-16",
+    "char-transformer",
+    "mnist-autoencoder",
+    "mnist1d-conv",
+    "teacher-student",
+    "rosenbrock",
 ]
+SYNTHETIC = ("quadratic-ill", "rosenbrock")
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data beside the checkout
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 8
 
@@ -93,7 +100,7 @@ def test_task_is_deterministic_in_the_seed(name, data_dir):
     first, again, other = task.problem(3), task.problem(3), task.problem(4)
     assert torch.equal(first.init_params(), again.init_params())
     assert not torch.equal(first.init_params(), other.init_params())
-    if name == "quadratic-ill":
+    if name in SYNTHETIC:
         return
     batch, batch_again, batch_other = first.sample_batch(), again.sample_batch(), other.sample_batch()
     assert all(torch.equal(a, b) for a, b in zip(batch, batch_again, strict=True))
@@ -115,12 +122,18 @@ def test_gradient_matches_the_module_and_adam_makes_progress(name, data_dir):
         model.zero_grad()
         problem.loss_fn(model(batch[0]), batch[1]).backward()
         expected = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    elif name == "rosenbrock":
+        x = params.detach().clone().requires_grad_(True)
+        (expected,) = torch.autograd.grad((100 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2).sum(), x)
+        assert problem.loss(torch.ones(10), None) == 0
     else:
         delta = params.detach() - problem.center[0]
         expected = problem.A[0] @ delta
     torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-6)
 
     optimizer = torch.optim.Adam([params], lr=1e-2 if name != "quadratic-ill" else 1e-1)
+    if name == "char-transformer":
+        assert params.numel() > 10**6
     for _ in range(15):
         optimizer.zero_grad()
         (params.grad,) = torch.autograd.grad(problem.loss(params, batch), params)

@@ -399,15 +399,18 @@ class CharRNN(nn.Module):
 
 
 class CharAttention(nn.Module):
-    """A character-level language model: embedding plus learned positions, one causal pre-norm transformer block
-    (multi-head self-attention and an MLP), a linear readout to the vocabulary."""
+    """A character-level language model: embedding plus learned positions, ``layers`` causal pre-norm transformer
+    blocks (multi-head self-attention and an MLP of twice the width), a linear readout to the vocabulary."""
 
-    def __init__(self, vocabulary_size: int, length: int, width: int = 32, heads: int = 2) -> None:
+    def __init__(self, vocabulary_size: int, length: int, width: int = 32, heads: int = 2, layers: int = 1) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocabulary_size, width)
         self.position = nn.Parameter(torch.randn(length, width) * 0.02)
-        self.block = nn.TransformerEncoderLayer(
-            width, heads, dim_feedforward=2 * width, dropout=0.0, batch_first=True, norm_first=True
+        self.blocks = nn.ModuleList(
+            nn.TransformerEncoderLayer(
+                width, heads, dim_feedforward=2 * width, dropout=0.0, batch_first=True, norm_first=True
+            )
+            for _ in range(layers)
         )
         self.readout = nn.Linear(width, vocabulary_size)
         self.register_buffer("causal", nn.Transformer.generate_square_subsequent_mask(length), persistent=False)
@@ -416,7 +419,9 @@ class CharAttention(nn.Module):
         """Logits of shape ``(batch, length, vocabulary)`` for the next character at each position."""
         length = tokens.shape[1]
         hidden = self.embed(tokens) + self.position[:length]
-        return self.readout(self.block(hidden, src_mask=self.causal[:length, :length], is_causal=True))
+        for block in self.blocks:
+            hidden = block(hidden, src_mask=self.causal[:length, :length], is_causal=True)
+        return self.readout(hidden)
 
 
 def _sequence_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
@@ -431,12 +436,15 @@ def char_rnn_task(
     hidden: int = 64,
     embedding: int = 16,
     architecture: str = "gru",
+    heads: int = 2,
+    layers: int = 1,
     split: str = "train",
     data_dir: str | None = None,
 ) -> ModuleTask:
     """A tiny language model on tiny-shakespeare characters (first 90% train, last 10% test): minibatches of
     ``batch_size`` random windows of ``sequence_length`` characters, next-character cross-entropy.  ``architecture``
-    ``"gru"``: :class:`CharRNN`; ``"attention"``: :class:`CharAttention` of width ``hidden``."""
+    ``"gru"``: :class:`CharRNN`; ``"attention"``: :class:`CharAttention` of width ``hidden`` with ``layers`` blocks
+    of ``heads`` heads."""
     tokens, vocabulary = load_text(split, data_dir)
     if len(tokens) <= sequence_length:
         raise ValueError(f"the {split} text has {len(tokens)} characters, fewer than a window of {sequence_length + 1}")
@@ -454,7 +462,7 @@ def char_rnn_task(
     elif architecture == "attention":
 
         def build() -> nn.Module:
-            return CharAttention(len(vocabulary), sequence_length, width=hidden)
+            return CharAttention(len(vocabulary), sequence_length, width=hidden, heads=heads, layers=layers)
     else:
         raise ValueError(f"architecture must be 'gru' or 'attention', got {architecture!r}")
     return ModuleTask(
@@ -514,6 +522,121 @@ class IllConditionedQuadraticTask(Task):
         draws = [self.draw(seed)[:3] for seed in seeds]
         A, center, theta0 = (torch.stack(parts) for parts in zip(*draws, strict=True))
         return IllConditionedQuadraticProblems(A, center, theta0)
+
+
+class RosenbrockProblems(Problem):
+    """``f(x) = sum_i 100 (x_{i+1} - x_i^2)^2 + (1 - x_i)^2``, the chained Rosenbrock function, ``k`` starts side
+    by side: a curved narrow valley, minimum 0 at ``x = 1``."""
+
+    def __init__(self, theta0: Tensor) -> None:
+        self.theta0 = theta0
+        self.num_problems = theta0.shape[0]
+
+    def init_params(self) -> Tensor:
+        return self.theta0.reshape(-1).clone()
+
+    def loss(self, params: Tensor, batch: Any) -> Tensor:
+        x = params.view(self.num_problems, -1)
+        return (100 * (x[:, 1:] - x[:, :-1] ** 2) ** 2 + (1 - x[:, :-1]) ** 2).sum()
+
+    def to(self, device: torch.device | str) -> Problem:
+        self.theta0 = self.theta0.to(device)
+        return self
+
+
+class RosenbrockTask(Task):
+    """Chained Rosenbrock functions of ``dims`` variables from starts uniform in ``[-2, 2]^dims``."""
+
+    def __init__(self, dims: int = 10, name: str = "rosenbrock") -> None:
+        self.dims, self.name = dims, name
+
+    def problem(self, seed: int) -> Problem:
+        return self.problems([seed])
+
+    def problems(self, seeds: Sequence[int]) -> Problem:
+        starts = [4 * torch.rand(self.dims, generator=torch.Generator().manual_seed(seed)) - 2 for seed in seeds]
+        return RosenbrockProblems(torch.stack(starts))
+
+
+class TeacherStudentTask(Task):
+    """Regression on a random teacher: inputs ``x ~ N(0, I_d)``, targets ``y = teacher(x) + 0.1 noise`` with a tanh
+    MLP teacher (``d -> 64 -> 1``, weights ``N(0, 1/fan_in)``) drawn per problem, and a ReLU MLP student (two hidden
+    layers of ``hidden`` units, PyTorch's default initialisation) trained on the squared error, minibatches of 128."""
+
+    def __init__(
+        self, inputs: int = 20, hidden: int = 64, batch_size: int = 128, name: str = "teacher-student"
+    ) -> None:
+        self.inputs, self.hidden, self.batch_size, self.name = inputs, hidden, batch_size, name
+
+    def problem(self, seed: int) -> Problem:
+        generator = torch.Generator().manual_seed(seed)
+        w1 = torch.randn(self.inputs, 64, generator=generator) / math.sqrt(self.inputs)
+        w2 = torch.randn(64, 1, generator=generator) / 8.0
+
+        def batch_sampler(generator: torch.Generator) -> tuple[Tensor, Tensor]:
+            x = torch.randn(self.batch_size, self.inputs, generator=generator)
+            return x, torch.tanh(x @ w1) @ w2 + 0.1 * torch.randn(self.batch_size, 1, generator=generator)
+
+        student = _seeded_default_init(
+            lambda: _mlp(self.inputs, (self.hidden, self.hidden), nn.ReLU, classes=1), generator
+        )
+        return ModuleProblem(student, nn.functional.mse_loss, batch_sampler, generator)
+
+
+def mnist_autoencoder_task(
+    name: str = "mnist-autoencoder",
+    *,
+    hidden: Sequence[int] = (128, 32, 128),
+    batch_size: int = 128,
+    split: str = "train",
+    data_dir: str | None = None,
+) -> ModuleTask:
+    """An MNIST autoencoder: a ReLU MLP of ``hidden`` widths from the pixels back to the pixels, each pixel's
+    reconstruction scored by binary cross-entropy on its logit; PyTorch's default initialisation."""
+    images, _ = load_image_classification("mnist", split, data_dir)
+    flat = images.reshape(len(images), -1)
+
+    def batch_sampler(generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        index = torch.randint(len(flat), (batch_size,), generator=generator)
+        return flat[index], flat[index]
+
+    def build() -> nn.Module:
+        return _mlp(flat.shape[1], hidden, nn.ReLU, classes=flat.shape[1])
+
+    return ModuleTask(
+        name,
+        lambda generator: _seeded_default_init(build, generator),
+        nn.functional.binary_cross_entropy_with_logits,
+        batch_sampler,
+    )
+
+
+def mnist1d_conv_task(
+    name: str = "mnist1d-conv",
+    *,
+    channels: Sequence[int] = (16, 32),
+    batch_size: int = 128,
+    split: str = "train",
+    data_dir: str | None = None,
+) -> ModuleTask:
+    """A 1-D conv net on MNIST-1D: convolutions of width 5 and stride 2 with ReLU, then a linear layer; PyTorch's
+    default initialisation."""
+    x, y = load_mnist1d(split, data_dir)
+
+    def build() -> nn.Module:
+        layers: list[nn.Module] = [nn.Unflatten(1, (1, x.shape[1]))]
+        width, length = 1, x.shape[1]
+        for out in channels:
+            layers += [nn.Conv1d(width, out, 5, stride=2, padding=2), nn.ReLU()]
+            width, length = out, (length + 1) // 2
+        return nn.Sequential(*layers, nn.Flatten(), nn.Linear(width * length, 10))
+
+    return ModuleTask(
+        name,
+        lambda generator: _seeded_default_init(build, generator),
+        nn.functional.cross_entropy,
+        _classification_sampler(x, y, batch_size),
+    )
 
 
 @dataclass(frozen=True)
@@ -639,6 +762,39 @@ BUILTIN_TASKS: dict[str, BuiltinTask] = {
             "20-d quadratics 1/2 (x-c)^T A (x-c), condition number log-uniform in [10, 1e4], random basis",
             IllConditionedQuadraticTask,
         ),
+        BuiltinTask(
+            "char-transformer",
+            "tiny-shakespeare character LM: 8 causal transformer blocks of width 128, 4 heads, windows of 32 chars, "
+            "batch 8 (1.07M parameters)",
+            functools.partial(
+                char_rnn_task,
+                architecture="attention",
+                hidden=128,
+                heads=4,
+                layers=8,
+                sequence_length=32,
+                batch_size=8,
+            ),
+            "tinyshakespeare",
+        ),
+        BuiltinTask(
+            "mnist-autoencoder",
+            "MNIST autoencoder: ReLU MLP 784-128-32-128-784, per-pixel binary cross-entropy, batch 128",
+            mnist_autoencoder_task,
+            "mnist",
+        ),
+        BuiltinTask(
+            "mnist1d-conv",
+            "MNIST-1D conv net: width-5 stride-2 convs of 16 and 32 channels with ReLU, then linear; batch 128",
+            mnist1d_conv_task,
+            "mnist1d",
+        ),
+        BuiltinTask(
+            "teacher-student",
+            "regression on a random tanh teacher (20 inputs, noise 0.1): a ReLU MLP 20-64-64-1, squared error",
+            TeacherStudentTask,
+        ),
+        BuiltinTask("rosenbrock", "10-d chained Rosenbrock functions from starts uniform in [-2, 2]", RosenbrockTask),
     )
 }
 """The built-in tasks, one declaration each, in the order ``learned-torch-optim list`` shows them."""
