@@ -4,7 +4,8 @@ from importlib.metadata import PackageNotFoundError, version
 
 from .network import CoordinatewiseLSTM, NetworkConfig
 from .optimizer import LearnedOptimizer
-from .weights import WeightsError, list_pretrained, load_weights
+from .weight_set import NetworkRule, WeightSet
+from .weights import WeightsError, list_pretrained, load_weight_set, load_weights, resolve_weights
 
 try:
     __version__ = version("learned-torch-optim")
@@ -15,8 +16,12 @@ __all__ = [
     "CoordinatewiseLSTM",
     "LearnedOptimizer",
     "NetworkConfig",
+    "NetworkRule",
+    "WeightSet",
     "WeightsError",
     "list_pretrained",
+    "load_weight_set",
     "load_weights",
+    "resolve_weights",
     "__version__",
 ]

@@ -22,7 +22,8 @@ from torch.optim.optimizer import Optimizer, ParamsT
 
 from .kernels import implements, step_in_blocks
 from .network import CoordinatewiseLSTM
-from .weights import load_weights
+from .weight_set import WeightSet
+from .weights import resolve_weights
 
 __all__ = ["IMPLEMENTATIONS", "LR_RANGE", "LearnedOptimizer", "choose_implementation", "learned_step"]
 
@@ -165,8 +166,12 @@ class LearnedOptimizer(Optimizer):
         weights: a packaged name (see :func:`list_pretrained`), a local ``save_pretrained`` directory, a hub repo
             id ``org/name``, or a :class:`CoordinatewiseLSTM` instance: the network of every parameter group that
             does not name its own.  A group may: ``{"params": ..., "weights": ..., "revision": ...}`` (e.g. one
-            network for convolutional weights and one for the rest, as the paper's CIFAR-10 experiment).
-            ``self.group_networks`` lists each group's network, ``self.network`` is the constructor's.
+            network for convolutional weights and one for the rest, as the paper's CIFAR-10 experiment, section
+            3.3).  Weights may also be a *weight set* (:class:`~learned_torch_optim.weight_set.WeightSet`: several
+            networks and a rule that picks one by the parameter's name): then pass ``model.named_parameters()``;
+            each group is split into one group per network, in the set's order (``self.weight_set``).
+            ``self.group_networks`` lists each group's network, ``self.network`` is the constructor's (a set's
+            fallback network).
         revision: branch, tag or commit when ``weights`` is a hub repo id.
         lr: the learning rate; the step is the network's update times ``lr / nominal_lr``, where ``nominal_lr``
             (in the weights' config) is the lr they were meta-trained at.  ``None`` (default) takes each group's
@@ -222,41 +227,66 @@ class LearnedOptimizer(Optimizer):
         self.implementation = implementation
         self.state_dtype = state_dtype
         self._warned_non_finite = False
-        self.network = self._checked_network(weights, revision)
+        self.weights = self._checked_weights(weights, revision)
+        self.weight_set = self.weights if isinstance(self.weights, WeightSet) else None
+        self.network = self.weight_set.networks[self.weight_set.rule.fallback] if self.weight_set else self.weights
         self.group_networks: list[CoordinatewiseLSTM] = []
         self._lr_from_weights = lr is None
         defaults = dict(lr=self.network.nominal_lr if lr is None else lr, weight_decay=weight_decay, maximize=maximize)
         super().__init__(params, defaults)
 
-    def _checked_network(self, weights: str | os.PathLike | CoordinatewiseLSTM, revision: str | None):
-        network = load_weights(weights, revision=revision)
-        if self.implementation in ("fused", "blocked") and not implements(network):
-            raise ValueError(
-                f"implementation={self.implementation!r} does not compute every option of weights {weights!r} "
-                f"(config {network.config}); use 'auto' or 'reference'"
-            )
-        if self.state_dtype != torch.float32 and network.accumulator_size:
-            raise ValueError(
-                f"state_dtype={self.state_dtype} would round the gradient accumulators (momenta, second moment, "
-                f"step count) of weights {weights!r} (config {network.config}); they need torch.float32"
-            )
-        return network
+    def _checked_weights(
+        self, weights: str | os.PathLike | CoordinatewiseLSTM | WeightSet, revision: str | None
+    ) -> CoordinatewiseLSTM | WeightSet:
+        resolved = resolve_weights(weights, revision=revision)
+        networks = resolved.networks.values() if isinstance(resolved, WeightSet) else [resolved]
+        for network in networks:
+            if self.implementation in ("fused", "blocked") and not implements(network):
+                raise ValueError(
+                    f"implementation={self.implementation!r} does not compute every option of weights {weights!r} "
+                    f"(config {network.config}); use 'auto' or 'reference'"
+                )
+            if self.state_dtype != torch.float32 and network.accumulator_size:
+                raise ValueError(
+                    f"state_dtype={self.state_dtype} would round the gradient accumulators (momenta, second moment, "
+                    f"step count) of weights {weights!r} (config {network.config}); they need torch.float32"
+                )
+        return resolved
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group as ``torch.optim.Optimizer.add_param_group`` does.  A group may name its own weights with
         ``"weights"`` (and ``"revision"``), as the constructor's arguments: it then runs that network, with state of
-        that network's size; other groups run the constructor's weights."""
+        that network's size; other groups run the constructor's weights.  A group whose weights are a weight set is
+        added as one group per network of the set that its rule gives parameters to (named parameters only)."""
         if "revision" in param_group and "weights" not in param_group:
             raise ValueError("a parameter group gives 'revision' without 'weights'; give both or neither")
         param_group = dict(param_group)  # the caller's dict keeps its "weights" (it may build another optimizer)
         weights = param_group.pop("weights", None)
         revision = param_group.pop("revision", None)
-        network = self.network if weights is None else self._checked_network(weights, revision)
+        resolved = self.weights if weights is None else self._checked_weights(weights, revision)
+        if isinstance(resolved, WeightSet):
+            self._add_split(param_group, resolved)
+            return
+        network = resolved
         if "lr" not in param_group and self._lr_from_weights:
             param_group["lr"] = network.nominal_lr
         _check_lr_unit(param_group.get("lr", self.defaults["lr"]), network, len(self.param_groups))
         super().add_param_group(param_group)
         self.group_networks.append(network)
+
+    def _add_split(self, param_group: dict[str, Any], weight_set: WeightSet) -> None:
+        """Add ``param_group`` as one group per network of ``weight_set``, each with the parameters its rule gives
+        that network (paper section 3.3: one LSTM per kind of parameter)."""
+        params = param_group["params"]
+        params = [params] if isinstance(params, Tensor) else list(params)
+        if not all(isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str) for item in params):
+            raise TypeError(
+                f"weights {weight_set.weights_identity.source!r} are a weight set of networks "
+                f"{', '.join(weight_set.networks)}, chosen for each parameter by its name: pass "
+                "model.named_parameters() (not model.parameters()), or (name, parameter) pairs in a group's 'params'"
+            )
+        for name, part in weight_set.split(params).items():
+            self.add_param_group({**param_group, "params": part, "weights": weight_set.networks[name]})
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -268,11 +298,15 @@ class LearnedOptimizer(Optimizer):
         self.__dict__.setdefault("_warned_non_finite", False)
         self.__dict__.setdefault("group_networks", [self.network] * len(self.param_groups))
         self.__dict__.setdefault("_lr_from_weights", False)
+        self.__dict__.setdefault("weights", self.network)
+        self.__dict__.setdefault("weight_set", None)
 
     def __getstate__(self) -> dict[str, Any]:
         return {
             **super().__getstate__(),
             "network": self.network,
+            "weights": self.weights,
+            "weight_set": self.weight_set,
             "group_networks": self.group_networks,
             "implementation": self.implementation,
             "state_dtype": self.state_dtype,
@@ -366,7 +400,7 @@ class LearnedOptimizer(Optimizer):
 
     def state_dict(self) -> dict[str, Any]:
         state_dict = super().state_dict()
-        state_dict["weights_identity"] = self.network.weights_identity.as_dict()
+        state_dict["weights_identity"] = self.weights.weights_identity.as_dict()
         state_dict["group_weights_identities"] = [network.weights_identity.as_dict() for network in self.group_networks]
         return state_dict
 

@@ -1,9 +1,11 @@
-"""Resolving, verifying and identifying weight sets for the update rule.
+"""Resolving, verifying and identifying weights for the update rule.
 
-``load_weights`` is the one resolver.  It accepts a :class:`CoordinatewiseLSTM` instance, a path (``os.PathLike``:
-always a local directory written by ``save_pretrained``), or a string: in order, the name of a packaged weight set
-(or ``"default"``), a local directory, or a Hugging Face hub repo id (``org/name``) downloaded through
-``huggingface_hub`` at ``revision``.
+``resolve_weights`` is the one resolver.  It accepts a :class:`CoordinatewiseLSTM` or :class:`WeightSet` instance, a
+path (``os.PathLike``: always a local directory written by ``save_pretrained``), or a string: in order, the name of
+a packaged weight set (or ``"default"``), a local directory, or a Hugging Face hub repo id (``org/name``) downloaded
+through ``huggingface_hub`` at ``revision``.  What it finds there is one network (``config.json`` and
+``model.safetensors``) or a weight set of several (``weight_set.json`` and a folder per network, see
+:mod:`learned_torch_optim.weight_set`).  :func:`load_weights` wants one network, :func:`load_weight_set` a set.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ except ImportError:  # huggingface_hub < 1.0 names the hub's 404-for-a-file erro
     from huggingface_hub.errors import EntryNotFoundError as RemoteEntryNotFoundError
 
 from .network import CoordinatewiseLSTM
+from .weight_set import MAX_SET_FILE_BYTES, SET_FILE, NetworkRule, WeightSet, WeightSetError
 
 DEFAULT_WEIGHTS = "l2l-general"
 CHECKSUMS_FILE = "SHA256SUMS"
@@ -80,8 +83,7 @@ def list_pretrained() -> dict[str, str]:
     if not packaged_root().is_dir():
         return found
     for folder in sorted(packaged_root().iterdir()):
-        config_file = folder / "config.json"
-        if folder.is_dir() and config_file.is_file():
+        if folder.is_dir() and any((folder / name).is_file() for name in ("config.json", SET_FILE)):
             description_file = folder / "DESCRIPTION"
             found[folder.name] = description_file.read_text().strip() if description_file.is_file() else ""
     return found
@@ -100,9 +102,9 @@ def weights_sha256(network: CoordinatewiseLSTM) -> str:
     return digest.hexdigest()
 
 
-def _verify_packaged(name: str, folder: Path) -> None:
+def _verify_packaged(name: str, folder: Path, file_names: list[str]) -> None:
     sums = _packaged_checksums()
-    for file_name in ("config.json", "model.safetensors"):
+    for file_name in file_names:
         relative = f"{name}/{file_name}"
         expected = sums.get(relative)
         if expected is None:
@@ -205,7 +207,8 @@ def _hub_download(repo_id: str, file_name: str, revision: str | None, label: str
     except RemoteEntryNotFoundError as error:
         raise WeightsError(
             f"weights {label}: the repo has no {file_name}; learned_torch_optim weights are a config.json and a "
-            "model.safetensors written by CoordinatewiseLSTM.save_pretrained"
+            "model.safetensors written by CoordinatewiseLSTM.save_pretrained, or a weight set (weight_set.json and "
+            "a folder per network, written by WeightSet.save_pretrained)"
         ) from error
     except HfHubHTTPError as error:
         raise WeightsError(f"weights {label}: downloading {file_name} failed: {error}") from error
@@ -213,25 +216,52 @@ def _hub_download(repo_id: str, file_name: str, revision: str | None, label: str
         raise WeightsError(f"weights {label}: downloading {file_name} failed: {error}") from error
 
 
-def _load_from_hub(repo_id: str, revision: str | None) -> tuple[CoordinatewiseLSTM, str | None]:
-    """Download (or find in the hub cache) and load the weights of a hub repo.
+def _hub_file(repo_id: str, file_name: str, commit: str | None, label: str) -> Path:
+    """A file of a hub repo at ``commit``, downloaded (or found in the cache) and checked against its checksum."""
+    path = _hub_download(repo_id, file_name, commit, label)
+    _verify_hub_file(path, label, file_name)
+    return Path(path)
 
-    ``config.json`` is resolved first, so that a missing repo, revision or file, or an offline miss, is an error
-    here instead of a network built from the default configuration.  Both files are then taken from the one commit
-    that ``revision`` resolved to, checked against the hub's checksums and loaded strictly by
-    :meth:`CoordinatewiseLSTM.from_pretrained`.
+
+def _commit_of(cached: Path, revision: str | None) -> str | None:
+    """The commit a top-level file of the hub cache came from: the name of its snapshot folder (``revision`` if it
+    is not one)."""
+    snapshot = cached.parent.name
+    return snapshot if _HEX40.fullmatch(snapshot) else revision
+
+
+def _load_from_hub(repo_id: str, revision: str | None) -> tuple[CoordinatewiseLSTM | WeightSet, str | None]:
+    """Download (or find in the hub cache) and load the weights of a hub repo: one network, or a weight set.
+
+    ``config.json`` is resolved first (where the repo has none, ``weight_set.json``), so that a missing repo,
+    revision or file, or an offline miss, is an error here instead of a network built from the default
+    configuration.  Every other file is then taken from the one commit that ``revision`` resolved to, checked
+    against the hub's checksums and loaded strictly by :meth:`CoordinatewiseLSTM.from_pretrained` (safetensors and
+    JSON only, never a pickle).
 
     Returns:
-        ``(network, commit)``: the commit hash the files came from (``revision`` if it could not be told).
+        ``(weights, commit)``: the commit hash the files came from (``revision`` if it could not be told).
     """
     label = f"hub repo {repo_id!r}" + (f" at revision {revision!r}" if revision else "")
-    config_path = _hub_download(repo_id, "config.json", revision, label)
-    snapshot = Path(config_path).parent.name
-    commit = snapshot if _HEX40.fullmatch(snapshot) else revision
-    weights_path = _hub_download(repo_id, "model.safetensors", commit, label)
-    _verify_hub_file(config_path, label, "config.json")
-    _verify_hub_file(weights_path, label, "model.safetensors")
-    _check_config(Path(config_path), label)
+    try:
+        config_path = _hub_file(repo_id, "config.json", revision, label)
+    except WeightsError as no_config:
+        if not isinstance(no_config.__cause__, (RemoteEntryNotFoundError, LocalEntryNotFoundError)):
+            raise
+        try:
+            set_path = _hub_file(repo_id, SET_FILE, revision, label)
+        except WeightsError:
+            raise no_config from None
+        commit = _commit_of(set_path, revision)
+        rule = _read_rule(set_path, label)
+        folders = {}
+        for name in rule.networks:
+            for file_name in ("config.json", "model.safetensors"):
+                folders[name] = _hub_file(repo_id, f"{name}/{file_name}", commit, label).parent
+        return _load_set(folders, rule, label), commit
+    commit = _commit_of(config_path, revision)
+    weights_path = _hub_file(repo_id, "model.safetensors", commit, label)
+    _check_config(config_path, label)
     try:
         # Both files are in the cache at this commit: from_pretrained reads them without another request.
         network = CoordinatewiseLSTM.from_pretrained(repo_id, revision=commit)
@@ -242,26 +272,91 @@ def _load_from_hub(repo_id: str, revision: str | None) -> tuple[CoordinatewiseLS
     return network, commit
 
 
-def load_weights(
-    weights: str | os.PathLike | CoordinatewiseLSTM = "default", revision: str | None = None
-) -> CoordinatewiseLSTM:
-    """Resolve ``weights`` to a :class:`CoordinatewiseLSTM` and record where it came from.
+def _read_rule(path: Path, label: str) -> NetworkRule:
+    """The rule of a ``weight_set.json``, read and checked strictly (its size bounded before it is parsed)."""
+    try:
+        if path.stat().st_size > MAX_SET_FILE_BYTES:
+            raise WeightsError(f"weights {label}: {path} is larger than the bound of {MAX_SET_FILE_BYTES} bytes")
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise WeightsError(f"weights {label}: {SET_FILE} ({path}) is not valid JSON: {error}") from error
+    try:
+        return NetworkRule.from_json(data, f"{SET_FILE} ({path})")
+    except WeightSetError as error:
+        raise WeightsError(f"weights {label}: {error}") from error
+
+
+def _load_set(folders: dict[str, Path], rule: NetworkRule, label: str) -> WeightSet:
+    """The set of ``rule`` with each network read from its folder (``save_pretrained``'s files)."""
+    return WeightSet({name: _load_folder(folders[name], f"{label}, network {name!r},") for name in rule.networks}, rule)
+
+
+def _load_set_folder(folder: Path, label: str) -> WeightSet:
+    rule = _read_rule(folder / SET_FILE, label)
+    return _load_set({name: folder / name for name in rule.networks}, rule, label)
+
+
+def _load_local(folder: Path, label: str) -> CoordinatewiseLSTM | WeightSet:
+    """A local folder: a weight set where it holds ``weight_set.json``, else one network."""
+    return _load_set_folder(folder, label) if (folder / SET_FILE).is_file() else _load_folder(folder, label)
+
+
+def _load_packaged(name: str) -> CoordinatewiseLSTM | WeightSet:
+    """A packaged weight set, every file checked against ``SHA256SUMS`` before it is read."""
+    folder, label = packaged_root() / name, f"packaged {name!r}"
+    if not (folder / SET_FILE).is_file():
+        _verify_packaged(name, folder, ["config.json", "model.safetensors"])
+        return _load_folder(folder, label)
+    _verify_packaged(name, folder, [SET_FILE])
+    rule = _read_rule(folder / SET_FILE, label)
+    _verify_packaged(
+        name, folder, [f"{net}/{file}" for net in rule.networks for file in ("config.json", "model.safetensors")]
+    )
+    return _load_set({net: folder / net for net in rule.networks}, rule, label)
+
+
+def set_sha256(weight_set: WeightSet) -> str:
+    """A hash of a set's rule and networks (each by :func:`weights_sha256`)."""
+    digest = hashlib.sha256(json.dumps(weight_set.rule.as_json(), sort_keys=True).encode())
+    for name, network in weight_set.networks.items():
+        digest.update(f"{name}:{weights_sha256(network)}".encode())
+    return digest.hexdigest()
+
+
+def _identify(weights: CoordinatewiseLSTM | WeightSet, source: str, revision: str | None) -> None:
+    """Record ``weights_identity`` on ``weights`` (and on each network of a set, as ``source/name``)."""
+    if isinstance(weights, WeightSet):
+        for name, network in weights.networks.items():
+            known = getattr(network, "weights_identity", None)
+            network_source = known.source if known is not None and source == "<instance>" else f"{source}/{name}"
+            network.weights_identity = WeightsIdentity(network_source, revision, weights_sha256(network))
+        weights.weights_identity = WeightsIdentity(source, revision, set_sha256(weights))
+    else:
+        weights.weights_identity = WeightsIdentity(source, revision, weights_sha256(weights))
+
+
+def resolve_weights(
+    weights: str | os.PathLike | CoordinatewiseLSTM | WeightSet = "default", revision: str | None = None
+) -> CoordinatewiseLSTM | WeightSet:
+    """Resolve ``weights`` to a :class:`CoordinatewiseLSTM` or a :class:`WeightSet` and record where it came from.
 
     Args:
-        weights: a network instance; a path (``os.PathLike``), always a local ``save_pretrained`` directory; or a
-            string: a packaged name (see :func:`list_pretrained`; ``"default"`` is ``"l2l-general"``) even where a
-            local directory of that name exists (pass ``"./name"`` or a ``Path`` for that), else a local directory,
-            else a hub repo id ``org/name``.
+        weights: an instance; a path (``os.PathLike``), always a local ``save_pretrained`` directory; or a string: a
+            packaged name (see :func:`list_pretrained`; ``"default"`` is ``"l2l-general"``) even where a local
+            directory of that name exists (pass ``"./name"`` or a ``Path`` for that), else a local directory, else
+            a hub repo id ``org/name``.  A folder or repo holding ``weight_set.json`` is a weight set.
         revision: branch, tag or commit of a hub repo; only meaningful for repo ids.
 
-    The returned network carries ``weights_identity``, a :class:`WeightsIdentity`; for a hub repo its ``revision``
-    is the commit the files were downloaded at (what ``revision`` resolved to).  An instance keeps the source and
-    revision it was loaded with (``"<instance>"`` if none); its hash is always that of its current tensors.
+    The result carries ``weights_identity``, a :class:`WeightsIdentity` (a set's networks each carry their own, with
+    the source ``source/name``); for a hub repo its ``revision`` is the commit the files were downloaded at (what
+    ``revision`` resolved to).  An instance keeps the source and revision it was loaded with (``"<instance>"`` if
+    none); its hash is always that of its current tensors.
     """
     used_revision = None
-    if isinstance(weights, CoordinatewiseLSTM):
+    resolved: CoordinatewiseLSTM | WeightSet
+    if isinstance(weights, (CoordinatewiseLSTM, WeightSet)):
         known = getattr(weights, "weights_identity", None)  # where it was loaded from, if it was
-        network = weights
+        resolved = weights
         source, used_revision = (known.source, known.revision) if known is not None else ("<instance>", None)
     elif isinstance(weights, os.PathLike):
         folder = Path(weights)
@@ -270,28 +365,27 @@ def load_weights(
                 f"weights {str(folder)!r}: no such directory (a path always names a local save_pretrained folder; "
                 "give a packaged name or a hub repo id as a string)"
             )
-        network, source = _load_folder(folder, repr(str(folder))), str(folder.resolve())
+        resolved, source = _load_local(folder, repr(str(folder))), str(folder.resolve())
     elif not isinstance(weights, str):
         raise TypeError(
-            f"weights must be a name, a path, a repo id or a CoordinatewiseLSTM, got {type(weights).__name__}"
+            "weights must be a name, a path, a repo id, a CoordinatewiseLSTM or a WeightSet, got "
+            f"{type(weights).__name__}"
         )
     else:
         name = DEFAULT_WEIGHTS if weights == "default" else weights
         packaged = list_pretrained()
         if name in packaged:
-            folder = packaged_root() / name
-            _verify_packaged(name, folder)
-            network, source = _load_folder(folder, f"packaged {name!r}"), name
+            resolved, source = _load_packaged(name), name
         elif weights == "default":
             raise WeightsError(
                 f"the default weights, packaged {DEFAULT_WEIGHTS!r}, are missing from {packaged_root()}; the "
                 "installation is incomplete, reinstall learned-torch-optim"
             )
         elif Path(weights).is_dir():
-            network, source = _load_folder(Path(weights), repr(weights)), str(Path(weights).resolve())
+            resolved, source = _load_local(Path(weights), repr(weights)), str(Path(weights).resolve())
         elif _looks_like_repo_id(weights):
             try:
-                network, used_revision = _load_from_hub(weights, revision)
+                resolved, used_revision = _load_from_hub(weights, revision)
             except WeightsError as error:
                 raise WeightsError(f"{error} (nor is there a local directory {weights!r})") from error
             source = weights
@@ -301,5 +395,35 @@ def load_weights(
                 f"unknown weights {weights!r}: not a packaged name ({available}), a local directory "
                 "or a hub repo id of the form 'org/name'"
             )
-    network.weights_identity = WeightsIdentity(source, used_revision, weights_sha256(network))
-    return network
+    _identify(resolved, source, used_revision)
+    return resolved
+
+
+def load_weights(
+    weights: str | os.PathLike | CoordinatewiseLSTM = "default", revision: str | None = None
+) -> CoordinatewiseLSTM:
+    """The one network that ``weights`` names (see :func:`resolve_weights`); a weight set is refused, naming its
+    networks."""
+    resolved = resolve_weights(weights, revision)
+    if isinstance(resolved, WeightSet):
+        raise WeightsError(
+            f"weights {_describe(weights)} are a weight set of {len(resolved.networks)} networks "
+            f"({', '.join(resolved.networks)}), one per kind of parameter: pass them to "
+            "LearnedOptimizer(model.named_parameters(), weights=...), or load them with load_weight_set"
+        )
+    return resolved
+
+
+def load_weight_set(weights: str | os.PathLike | WeightSet, revision: str | None = None) -> WeightSet:
+    """The weight set that ``weights`` names (see :func:`resolve_weights`); one network is refused."""
+    resolved = resolve_weights(weights, revision)
+    if not isinstance(resolved, WeightSet):
+        raise WeightsError(
+            f"weights {_describe(weights)} are one network (config.json and model.safetensors), not a weight set "
+            f"({SET_FILE} and a folder per network); load them with load_weights"
+        )
+    return resolved
+
+
+def _describe(weights: object) -> str:
+    return repr(str(weights)) if isinstance(weights, (str, os.PathLike)) else f"<{type(weights).__name__} instance>"
