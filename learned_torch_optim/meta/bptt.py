@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from ..network import CoordinatewiseLSTM
+from ..weight_set import WeightSet
 from .tasks import Problem
 
 
@@ -45,13 +46,55 @@ class UnrollResult:
     """``f_t`` per step, detached (summed over the independent problems)."""
 
 
+class SetStep:
+    """The networks of a weight set applied to one problem's coordinates, each network to the coordinates of the
+    parameters its rule gives it (paper section 3.3: one LSTM for convolutional parameters, one for the rest),
+    with :meth:`CoordinatewiseLSTM.forward` as the rule of each.  It is called as a network is, ``(grad, state) ->
+    (update, state)``; its state is one flat vector, every network's ``(n_k, state_size_k)`` state in turn."""
+
+    def __init__(self, weight_set: WeightSet, problem: Problem) -> None:
+        segments = problem.segments()
+        if segments is None:
+            raise ValueError(
+                f"a weight set's rule picks each parameter's network by its name, but {type(problem).__name__} does "
+                "not name its parameters (Problem.segments); use a task of named parameters, such as a ModuleTask"
+            )
+        coordinates: dict[str, list[Tensor]] = {name: [] for name in weight_set.networks}
+        offset = 0
+        for name, size in segments:
+            coordinates[weight_set.rule.network_for(name)].append(torch.arange(offset, offset + size))
+            offset += size
+        self.parts = [(weight_set.networks[name], torch.cat(ranges)) for name, ranges in coordinates.items() if ranges]
+        self.order = torch.cat([index for _, index in self.parts])
+        self.inverse = torch.argsort(self.order)
+        self.counts = [len(index) for _, index in self.parts]
+        self.state_sizes = [len(index) * network.state_size for network, index in self.parts]
+
+    def initial_state(self, n: int, *, device: torch.device | str | None = None) -> Tensor:
+        """Zero state of every network for its coordinates of the ``n`` (the problem's size), one flat vector."""
+        if n != len(self.order):
+            raise ValueError(f"the problem names {len(self.order)} coordinates, its parameters have {n}")
+        self.order, self.inverse = self.order.to(device), self.inverse.to(device)
+        return torch.zeros(sum(self.state_sizes), device=device)
+
+    def __call__(self, grad: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        updates, states = [], []
+        for (network, _), part_grad, part_state in zip(
+            self.parts, grad[self.order].split(self.counts), state.split(self.state_sizes), strict=True
+        ):
+            update, new_state = network(part_grad, part_state.view(-1, network.state_size))
+            updates.append(update)
+            states.append(new_state.reshape(-1))
+        return torch.cat(updates)[self.inverse], torch.cat(states)
+
+
 def log_loss(loss: Tensor) -> Tensor:
     """``log f`` of the log meta-loss, with ``f`` clamped to the smallest positive normal number."""
     return torch.log(loss.clamp_min(torch.finfo(loss.dtype).tiny))
 
 
 def unroll(
-    network: CoordinatewiseLSTM,
+    network: CoordinatewiseLSTM | SetStep,
     problem: Problem,
     params: Tensor,
     state: Tensor,
@@ -62,7 +105,8 @@ def unroll(
     second_derivatives: bool = False,
     lr_factors: Tensor | None = None,
 ) -> UnrollResult:
-    """Run ``steps`` optimizer steps of ``network`` on ``problem`` keeping the graph for the meta-gradient.
+    """Run ``steps`` optimizer steps of ``network`` (a weight set's: :class:`SetStep`) on ``problem`` keeping the
+    graph for the meta-gradient.
 
     ``params`` and ``state`` are detached here: a truncation never backpropagates into the previous one.  With
     ``include_final`` the meta-loss also has ``f(theta_T)``, the loss after the last update (on a fresh minibatch),

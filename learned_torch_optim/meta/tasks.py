@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from ..weight_set import NetworkRule
 from .data import dataset_files, load_cifar10_subset, load_image_classification, load_mnist1d, load_text
 
 
@@ -37,6 +38,12 @@ class Problem(ABC):
 
     def sample_batch(self) -> Any:
         """The next minibatch (``None`` for deterministic problems)."""
+        return None
+
+    def segments(self) -> list[tuple[str, int]] | None:
+        """The parameters the flat vector is made of, in order: ``(name, number of coordinates)`` each, or ``None``
+        where the problem does not name them.  A weight set's rule gives each parameter its network by this name
+        (paper section 3.3: one LSTM for the convolutional parameters, one for the rest)."""
         return None
 
     def to(self, device: torch.device | str) -> Problem:
@@ -79,6 +86,10 @@ class ConcatenatedProblems(Problem):
     def sample_batch(self) -> Any:
         return [p.sample_batch() for p in self.parts]
 
+    def segments(self) -> list[tuple[str, int]] | None:
+        parts = [p.segments() for p in self.parts]
+        return None if any(part is None for part in parts) else [segment for part in parts for segment in part]
+
     def to(self, device: torch.device | str) -> Problem:
         self.parts = [p.to(device) for p in self.parts]
         return self
@@ -101,6 +112,9 @@ class RescaledProblem(Problem):
 
     def sample_batch(self) -> Any:
         return self.problem.sample_batch()
+
+    def segments(self) -> list[tuple[str, int]] | None:
+        return self.problem.segments()
 
     def to(self, device: torch.device | str) -> Problem:
         self.problem = self.problem.to(device)
@@ -200,6 +214,10 @@ class ModuleProblem(Problem):
     def sample_batch(self) -> Any:
         inputs, targets = self.batch_sampler(self.generator)
         return inputs.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
+
+    def segments(self) -> list[tuple[str, int]]:
+        """The module's parameters by their ``named_parameters`` names."""
+        return [(name, math.prod(shape)) for name, shape in zip(self.names, self.shapes, strict=True)]
 
     def to(self, device: torch.device | str) -> Problem:
         self.device = torch.device(device)
@@ -359,6 +377,86 @@ def cifar_conv_task(
         nn.functional.cross_entropy,
         _classification_sampler(inputs, labels, batch_size),
     )
+
+
+class OffsetBatchNorm(nn.Module):
+    """Batch normalisation with a learned offset and no scale (Sonnet's ``BatchNorm`` default, which the original
+    implementation uses), always with the statistics of the minibatch it is applied to: no running statistics are
+    kept, so a problem is a pure function of its parameters and minibatch and ``functional_call`` carries no state
+    across steps (training and evaluation alike normalise by the batch)."""
+
+    def __init__(self, features: int, eps: float = 1e-3) -> None:
+        super().__init__()
+        self.offset = nn.Parameter(torch.zeros(features))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        return nn.functional.batch_norm(x, None, None, bias=self.offset, training=True, eps=self.eps)
+
+
+class PaperCifarNet(nn.Module):
+    """The conv net of the paper's CIFAR-10 experiment (section 3.3), as the original implementation builds it:
+    three 5x5 convolutions of ``channels`` ('same' padding, with biases), each followed by batch normalisation,
+    ReLU and 2x2 max-pooling; a fully-connected layer of ``hidden`` units with batch normalisation and ReLU; a
+    linear read-out to ``classes``.  Parameter names: ``conv.{i}.weight``, ``conv.{i}.bias``,
+    ``conv_norm.{i}.offset``, ``hidden.weight``, ``hidden.bias``, ``hidden_norm.offset``, ``readout.weight``,
+    ``readout.bias`` (:data:`NETWORK_RULES` ``"paper-cifar"`` gives the convolution weights their own network)."""
+
+    def __init__(self, classes: int = 10, channels: Sequence[int] = (16, 16, 16), hidden: int = 32) -> None:
+        super().__init__()
+        widths = [3, *channels]
+        self.conv = nn.ModuleList(nn.Conv2d(a, b, 5, padding=2) for a, b in zip(widths, widths[1:]))
+        self.conv_norm = nn.ModuleList(OffsetBatchNorm(width) for width in channels)
+        side = 32 // 2 ** len(channels)
+        self.hidden = nn.Linear(channels[-1] * side * side, hidden)
+        self.hidden_norm = OffsetBatchNorm(hidden)
+        self.readout = nn.Linear(hidden, classes)
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = images
+        for conv, norm in zip(self.conv, self.conv_norm, strict=True):
+            x = nn.functional.max_pool2d(torch.relu(norm(conv(x))), 2)
+        return self.readout(torch.relu(self.hidden_norm(self.hidden(x.flatten(1)))))
+
+
+CIFAR_HELD_OUT_LABELS = (5, 6, 7, 8, 9)
+"""The labels of ``paper-cifar-sub``: those neither CIFAR-5 (labels 0-4) nor CIFAR-2 (labels 0, 1) tests on."""
+
+
+def paper_cifar_task(
+    name: str = "paper-cifar10",
+    *,
+    labels: Sequence[int] = tuple(range(10)),
+    batch_size: int = 128,
+    split: str = "train",
+    data_dir: str | None = None,
+) -> ModuleTask:
+    """The paper's CIFAR-10 problem (section 3.3, figure 7) on the CIFAR-10 subset: :class:`PaperCifarNet`,
+    minibatches of 128, cross-entropy, pixels in [0, 1], weights and biases initialised N(0, 0.01^2) as in the
+    original implementation (offsets 0).
+
+    ``labels`` keeps only the images of those labels, relabelled ``0 .. k-1`` in that order, with a ``k``-way
+    read-out: the paper's CIFAR-5 and CIFAR-2 are the first 5 and first 2 labels; its LSTM-sub, "only trained on
+    the held-out labels", is meta-trained here on :data:`CIFAR_HELD_OUT_LABELS` (a 5-way problem on the labels
+    that neither CIFAR-5 nor CIFAR-2 uses) and tested on CIFAR-5 and CIFAR-2."""
+    images, all_labels = load_cifar10_subset(split, data_dir)
+    keep = torch.isin(all_labels, torch.tensor(list(labels), dtype=all_labels.dtype))
+    relabel = torch.full((10,), -1, dtype=torch.long)
+    relabel[list(labels)] = torch.arange(len(labels))
+    return ModuleTask(
+        name,
+        lambda generator: _init_normal_(PaperCifarNet(classes=len(labels)), 0.01, generator),
+        nn.functional.cross_entropy,
+        _classification_sampler(images[keep], relabel[all_labels[keep]], batch_size),
+    )
+
+
+NETWORK_RULES: dict[str, NetworkRule] = {
+    "paper-cifar": NetworkRule(((r"conv\.\d+\.weight", "conv"),), "fc"),
+}
+"""Named rules for ``--network-rule``.  ``paper-cifar``: the paper's CIFAR-10 optimizer (section 3.3) as the
+original implementation's ``cifar-multi`` splits it: the convolution weights of :class:`PaperCifarNet` on the
+``conv`` network; the convolutions' biases, the batch-norm offsets and the fully-connected layers on ``fc``."""
 
 
 def mnist1d_mlp_task(
@@ -731,6 +829,31 @@ BUILTIN_TASKS: dict[str, BuiltinTask] = {
             "cifar-conv",
             "CIFAR-10 subset (4,000 images) conv net: 3x3 stride-2 convs of 16 and 32 channels, linear; batch 64",
             cifar_conv_task,
+            "cifar10-subset",
+        ),
+        BuiltinTask(
+            "paper-cifar10",
+            "the paper's CIFAR-10 net on the subset: three 5x5 convs of 16 with batch norm and max-pooling, FC 32; "
+            "batch 128 (paper 3.3)",
+            paper_cifar_task,
+            "cifar10-subset",
+        ),
+        BuiltinTask(
+            "paper-cifar5",
+            "as paper-cifar10 on the images of labels 0-4, a 5-way read-out (paper 3.3, CIFAR-5)",
+            functools.partial(paper_cifar_task, labels=(0, 1, 2, 3, 4)),
+            "cifar10-subset",
+        ),
+        BuiltinTask(
+            "paper-cifar2",
+            "as paper-cifar10 on the images of labels 0 and 1, a 2-way read-out (paper 3.3, CIFAR-2)",
+            functools.partial(paper_cifar_task, labels=(0, 1)),
+            "cifar10-subset",
+        ),
+        BuiltinTask(
+            "paper-cifar-sub",
+            "as paper-cifar10 on the held-out labels 5-9, 5-way: meta-train LSTM-sub here, test on paper-cifar5/2",
+            functools.partial(paper_cifar_task, labels=CIFAR_HELD_OUT_LABELS),
             "cifar10-subset",
         ),
         BuiltinTask(

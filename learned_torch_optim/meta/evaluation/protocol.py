@@ -31,6 +31,7 @@ from torch import Tensor
 
 from ...network import CoordinatewiseLSTM
 from ...optimizer import LearnedOptimizer
+from ...weight_set import WeightSet
 from ..schedules import Schedule, scheduler
 from ..tasks import Problem
 
@@ -51,7 +52,7 @@ __all__ = [
     "tail_mean",
 ]
 
-OptimizerFactory = Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
+OptimizerFactory = Callable[[list[torch.nn.Parameter] | list[tuple[str, torch.nn.Parameter]]], torch.optim.Optimizer]
 
 HALF_DECADES: tuple[float, ...] = tuple(10.0 ** (k / 2) for k in range(-8, 1))
 """The learning-rate grid of the hand-designed optimizers: 1e-4, 10**-3.5, 1e-3, ..., 10**-0.5, 1."""
@@ -68,19 +69,30 @@ def problem_seeds(seed: int, problems: int) -> list[int]:
 
 
 def run_optimizer(
-    problem: Problem, make_optimizer: OptimizerFactory, steps: int, schedule: Schedule = "constant"
+    problem: Problem,
+    make_optimizer: OptimizerFactory,
+    steps: int,
+    schedule: Schedule = "constant",
+    *,
+    named: bool = False,
 ) -> Tensor:
     """Optimise ``problem`` for ``steps`` steps from its initial parameters, the optimizer's lr following
     ``schedule`` over the ``steps`` (:mod:`~learned_torch_optim.meta.schedules`); the loss before each step, per
     problem of ``problem`` (``num_problems``), shape ``(steps,)``.  At the first NaN or infinite loss the run has
-    diverged and stops: the remaining entries are NaN."""
-    params = torch.nn.Parameter(problem.init_params())
-    optimizer = make_optimizer([params])
+    diverged and stops: the remaining entries are NaN.  The optimizer gets one flat parameter, or with ``named``
+    one per parameter of the problem with its name (``Problem.segments``), as ``named_parameters()`` gives them."""
+    if named:
+        names, sizes = zip(*problem.segments(), strict=True)
+        parts = [torch.nn.Parameter(part) for part in problem.init_params().split(sizes)]
+        optimizer = make_optimizer(list(zip(names, parts, strict=True)))
+    else:
+        parts = [torch.nn.Parameter(problem.init_params())]
+        optimizer = make_optimizer(parts)
     lr_scheduler = scheduler(optimizer, schedule, steps) if schedule != "constant" else None
     losses = []
     for _ in range(steps):
         optimizer.zero_grad()
-        loss = problem.loss(params, problem.sample_batch())
+        loss = problem.loss(torch.cat(parts) if named else parts[0], problem.sample_batch())
         losses.append(loss.detach())
         if not bool(torch.isfinite(loss)):
             losses += [torch.full_like(losses[-1], math.nan)] * (steps - len(losses))
@@ -93,15 +105,21 @@ def run_optimizer(
 
 
 def run_learned(
-    network: CoordinatewiseLSTM,
+    network: CoordinatewiseLSTM | WeightSet,
     problem: Problem,
     steps: int,
     lr: float | None = None,
     schedule: Schedule = "constant",
 ) -> Tensor:
     """:func:`run_optimizer` with ``LearnedOptimizer(params, weights=network, lr=lr)`` (``None``: the network's
-    ``nominal_lr``)."""
-    return run_optimizer(problem, lambda params: LearnedOptimizer(params, weights=network, lr=lr), steps, schedule)
+    ``nominal_lr``); a weight set gets the problem's named parameters."""
+    return run_optimizer(
+        problem,
+        lambda params: LearnedOptimizer(params, weights=network, lr=lr),
+        steps,
+        schedule,
+        named=isinstance(network, WeightSet),
+    )
 
 
 def diverged(losses: Tensor) -> Tensor:
