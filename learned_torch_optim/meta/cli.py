@@ -145,7 +145,8 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     trainer = MetaTrainer(config, args.out)
     out = trainer.train(resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     if trainer.rank == 0:
-        print(f"weights written to {out} (load with LearnedOptimizer(params, weights={str(out)!r}))")
+        params = "model.named_parameters()" if trainer.rule is not None else "params"
+        print(f"weights written to {out} (load with LearnedOptimizer({params}, weights={str(out)!r}))")
     if trainer.world_size > 1:
         import torch.distributed as dist
 

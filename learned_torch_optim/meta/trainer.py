@@ -7,6 +7,7 @@ import copy
 import json
 import math
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -20,11 +21,12 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..network import CoordinatewiseLSTM
+from ..weight_set import SET_FILE, NetworkRule, WeightSet
 from ..weights import load_weights
-from .bptt import log_loss, unroll
+from .bptt import SetStep, log_loss, unroll
 from .files import atomic_write, atomic_write_text, file_mode, temporaries
 from .schedules import SCHEDULES, lr_factors
-from .tasks import TASK_DESCRIPTIONS, Problem, RescaledProblem, Task, get_task
+from .tasks import NETWORK_RULES, TASK_DESCRIPTIONS, Problem, RescaledProblem, Task, get_task
 from .widen import widen
 
 CHECKPOINT = "checkpoint.pt"
@@ -93,6 +95,30 @@ def setting(
     return field(**(defaults or {"default": default}), metadata=metadata)
 
 
+def network_rule(values: list[str]) -> NetworkRule | None:
+    """The rule of a ``network_rule`` setting: ``None`` for ``[]`` (one network for every coordinate), the named
+    rule of :data:`~.tasks.NETWORK_RULES` for one name, else ``REGEX=NETWORK ... FALLBACK``
+    (:meth:`NetworkRule.parse`)."""
+    if not values:
+        return None
+    if len(values) == 1:
+        if values[0] not in NETWORK_RULES:
+            raise ValueError(
+                f"network_rule {values[0]!r} is not a named rule ({', '.join(NETWORK_RULES)}); a rule of your own is "
+                "REGEX=NETWORK pairs then the fallback network, e.g. 'conv\\.\\d+\\.weight=conv' fc"
+            )
+        return NETWORK_RULES[values[0]]
+    return NetworkRule.parse(values)
+
+
+def _network_rule_row(trainer: MetaTrainer) -> str:
+    rule = network_rule(trainer.config.network_rule)
+    if rule is None:
+        return "one network for every parameter"
+    pairs = ", ".join(f"`{pattern}` -> {network}" for pattern, network in rule.patterns)
+    return f"{len(rule.networks)} networks (weight set): {pairs}, others -> {rule.fallback}"
+
+
 def _meta_loss_row(trainer: MetaTrainer) -> str:
     c = trainer.config
     return (
@@ -144,6 +170,18 @@ class TrainConfig:
     ``update_clip``, ``gradient_rms_clip`` and ``nominal_lr``.  The weights are validated before the first
     iteration and stay the result unless a later validation beats them; resuming checks that the weights are still
     those the run started from."""
+    network_rule: list[str] = setting(
+        [],
+        "meta-train one network per kind of parameter (paper 3.3) into a weight set: REGEX=NETWORK pairs (a regex "
+        "matching whole parameter names, first match wins) then the fallback network's name, or a named rule ("
+        + ", ".join(NETWORK_RULES)
+        + "); none: one network for every parameter",
+        card=("networks", _network_rule_row),
+        nargs="+",
+        metavar="RULE",
+    )
+    """See :func:`network_rule`; each network has ``network_config``, and all are meta-trained together by one
+    meta-optimizer (:class:`~.bptt.SetStep`)."""
     param_scale: float | None = setting(
         None,
         "rescale each training problem's coordinates by factors log-uniform in [1/S, S] (Lv et al. 2017)",
@@ -290,6 +328,7 @@ class TrainConfig:
             raise ValueError(f"lr_factor_range must be at least 1, got {self.lr_factor_range}")
         if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
             raise ValueError(f"clip_grad_norm must be positive, got {self.clip_grad_norm}")
+        network_rule(self.network_rule)  # a malformed rule is an error now, not at the start of the run
         if torch.device(self.device).type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {self.device!r}: CUDA is not available in this torch installation")
 
@@ -345,7 +384,7 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 def meta_iteration(
-    network: CoordinatewiseLSTM,
+    network: CoordinatewiseLSTM | WeightSet,
     meta_optimizer: torch.optim.Optimizer,
     problem: Problem,
     *,
@@ -364,16 +403,19 @@ def meta_iteration(
     With ``average_across_processes`` (``torch.distributed`` initialised) the meta-gradients and the returned loss
     are averaged over the processes, each of which brings its own problems.  A meta-gradient that is not finite is
     skipped rather than applied.  ``lr_factors`` (one per step of the horizon) scale the updates (see ``unroll``).
+    The networks of a weight set each run the coordinates its rule gives them (:class:`~.bptt.SetStep`); one that
+    runs none of the problem's gets no meta-gradient (zero, where averaged across processes).
     """
     params = problem.init_params()
-    state = network.initial_state(params.numel(), device=params.device)
+    step = SetStep(network, problem) if isinstance(network, WeightSet) else network
+    state = step.initial_state(params.numel(), device=params.device)
     losses = []
     for truncation in range(horizon // unroll_length):
         factors = lr_factors
         if lr_factors is not None:
             factors = lr_factors[truncation * unroll_length : (truncation + 1) * unroll_length].to(params.device)
         result = unroll(
-            network,
+            step,
             problem,
             params,
             state,
@@ -386,10 +428,13 @@ def meta_iteration(
         meta_optimizer.zero_grad()
         (result.meta_loss / problem.num_problems).backward()
         if average_across_processes:
+            for p in network.parameters():
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
             _all_reduce_mean([p.grad for p in network.parameters()])
         if clip_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(network.parameters(), clip_grad_norm)
-        if all(torch.isfinite(p.grad).all() for p in network.parameters()):
+        if all(torch.isfinite(p.grad).all() for p in network.parameters() if p.grad is not None):
             meta_optimizer.step()
         params, state = result.params, result.state
         losses.append(result.losses / problem.num_problems)
@@ -460,6 +505,24 @@ class MetaTrainer:
         torch.manual_seed(config.seed)
         self.device = torch.device(config.device)
         self.init_identity = None
+        self.rule = network_rule(config.network_rule)
+        if self.rule is None:
+            self.network: CoordinatewiseLSTM | WeightSet = self._initial_network()
+        else:  # each network drawn in turn, as the one network of a run without a rule
+            networks = {name: self._initial_network() for name in self.rule.networks}
+            self.network = WeightSet(networks, self.rule)
+        self.meta_optimizer = torch.optim.Adam(self.network.parameters(), lr=self.config.meta_lr)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.iteration = 0
+        self.best_metric = math.inf
+        self.best_state = copy.deepcopy(self.network.state_dict())
+        self.elapsed = 0.0
+        self.rows: list[dict[str, Any]] = []
+
+    def _initial_network(self) -> CoordinatewiseLSTM:
+        """A network as the run starts it: from ``init_from`` (widened to ``network_config``) or freshly drawn,
+        then initialised as ``init`` says."""
+        config = self.config
         if config.init_from is not None:
             start = load_weights(config.init_from)
             self.init_identity, start_config = start.weights_identity, start.config
@@ -478,23 +541,17 @@ class MetaTrainer:
                 )
             start = CoordinatewiseLSTM(**wanted)
             start.load_state_dict(widened.state_dict())
-            self.config = config = replace(config, network_config=wanted)
-            self.network = start.to(self.device)
+            self.config = replace(config, network_config=wanted)
+            network = start.to(self.device)
         else:
-            self.network = CoordinatewiseLSTM(**config.network_config).to(self.device)
+            network = CoordinatewiseLSTM(**config.network_config).to(self.device)
         if config.init == "adam":
-            initialise_as_adam_(self.network)
+            initialise_as_adam_(network)
         elif config.init == "forget_bias":
             with torch.no_grad():
-                for cell in self.network.cells:
+                for cell in network.cells:
                     cell.bias_ih[cell.hidden_size : 2 * cell.hidden_size] += 1.0
-        self.meta_optimizer = torch.optim.Adam(self.network.parameters(), lr=config.meta_lr)
-        self.generator = torch.Generator().manual_seed(config.seed)
-        self.iteration = 0
-        self.best_metric = math.inf
-        self.best_state = copy.deepcopy(self.network.state_dict())
-        self.elapsed = 0.0
-        self.rows: list[dict[str, Any]] = []
+        return network
 
     # -- checkpoints -------------------------------------------------------------------------------------------
     def _checkpoint(self) -> dict[str, Any]:
@@ -754,18 +811,30 @@ class MetaTrainer:
 
     def save_weights(self) -> None:
         """Write the best network with ``save_pretrained`` (config, safetensors, model card) into ``out_dir``, the
-        files with :func:`file_mode` (``save_pretrained`` writes the safetensors file private)."""
-        best = CoordinatewiseLSTM(**self.config.network_config)
+        files with :func:`file_mode` (``save_pretrained`` writes the safetensors file private).  A run with a
+        ``network_rule`` writes a weight set: a folder per network and ``weight_set.json``, moved into place last
+        (after the old one is removed), so the folder holds a whole set or none."""
+        if self.rule is None:
+            best: CoordinatewiseLSTM | WeightSet = CoordinatewiseLSTM(**self.config.network_config)
+        else:
+            best = WeightSet(
+                {name: CoordinatewiseLSTM(**self.config.network_config) for name in self.rule.networks}, self.rule
+            )
         best.load_state_dict(self.best_state)
         tmp = self.out_dir / WEIGHTS_TMP
-        tmp.mkdir(parents=True, exist_ok=True)
-        for stale in tmp.iterdir():
-            stale.unlink()
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
         best.save_pretrained(tmp, model_card_kwargs={"recipe": self.recipe_markdown()})
         mode = file_mode()
-        for produced in tmp.iterdir():
-            os.chmod(produced, mode)
-            os.replace(produced, self.out_dir / produced.name)
+        for produced in tmp.rglob("*"):
+            if produced.is_file():
+                os.chmod(produced, mode)
+        (self.out_dir / SET_FILE).unlink(missing_ok=True)
+        for produced in sorted(tmp.iterdir(), key=lambda path: path.name == SET_FILE):
+            target = self.out_dir / produced.name
+            if produced.is_dir():
+                shutil.rmtree(target, ignore_errors=True)
+            os.replace(produced, target)
         tmp.rmdir()
 
     def init_description(self) -> str:
