@@ -288,7 +288,7 @@ def _read_rule(path: Path, label: str) -> NetworkRule:
 
 def _load_set(folders: dict[str, Path], rule: NetworkRule, label: str) -> WeightSet:
     """The set of ``rule`` with each network read from its folder (``save_pretrained``'s files)."""
-    return WeightSet({name: _load_folder(folders[name], f"{label}, network {name!r},") for name in rule.networks}, rule)
+    return WeightSet({name: _load_folder(folders[name], f"{label} (network {name!r})") for name in rule.networks}, rule)
 
 
 def _load_set_folder(folder: Path, label: str) -> WeightSet:

@@ -24,7 +24,15 @@ import pytest
 import torch
 from huggingface_hub import constants
 
-from learned_torch_optim import CoordinatewiseLSTM, LearnedOptimizer, WeightsError, load_weights
+from learned_torch_optim import (
+    CoordinatewiseLSTM,
+    LearnedOptimizer,
+    NetworkRule,
+    WeightsError,
+    WeightSet,
+    load_weight_set,
+    load_weights,
+)
 from learned_torch_optim.meta.cli import main
 from learned_torch_optim.meta.evaluation import evaluate, format_results_markdown
 from learned_torch_optim.meta.publish import PublishError, plan_publish, publish
@@ -369,6 +377,43 @@ def test_offline_and_not_cached_names_the_repo_and_the_local_folder_way(hub, mon
         load_weights("org/never-downloaded", revision="v1")
     assert "HF_HUB_OFFLINE" in str(info.value) and "local directory" in str(info.value)
     assert hub.requests == []
+
+
+def test_a_weight_set_repo_loads_at_one_commit_by_its_id_and_offline_from_the_cache(hub, tmp_path, monkeypatch):
+    torch.manual_seed(5)
+    rule = NetworkRule(((r"conv\.weight", "conv"),), "fc")
+    weight_set = WeightSet({"conv": CoordinatewiseLSTM(hidden_size=6), "fc": CoordinatewiseLSTM(hidden_size=4)}, rule)
+    weight_set.save_pretrained(tmp_path / "set")
+    files = {
+        path.relative_to(tmp_path / "set").as_posix(): path.read_bytes()
+        for path in (tmp_path / "set").rglob("*")
+        if path.is_file() and path.name != "README.md"
+    }
+    sha = hub.add_commit("org/l2l-cifar", files)
+    hub.add_commit("org/l2l-cifar", {"fc/model.safetensors": b"moved on"})  # main moves on; the pin must not
+
+    loaded = load_weight_set("org/l2l-cifar", revision=sha)
+    assert loaded.weights_identity.revision == sha and loaded.rule == rule
+    assert loaded.weights_identity.sha256 == load_weight_set(tmp_path / "set").weights_identity.sha256
+    assert loaded.networks["fc"].weights_identity.source == "org/l2l-cifar/fc"
+    model = torch.nn.Module()
+    model.conv, model.fc = torch.nn.Linear(2, 2), torch.nn.Linear(2, 1)
+    optimizer = LearnedOptimizer(model.named_parameters(), weights="org/l2l-cifar", revision=sha)
+    assert [g["param_names"] for g in optimizer.param_groups] == [
+        ["conv.weight"],
+        ["conv.bias", "fc.weight", "fc.bias"],
+    ]
+    with pytest.raises(WeightsError, match="network 'fc'.*cannot load"):  # the moved-on head is checked like any file
+        load_weight_set("org/l2l-cifar")
+
+    seen = len(hub.requests)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert load_weight_set("org/l2l-cifar", revision=sha).weights_identity == loaded.weights_identity
+    assert len(hub.requests) == seen
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    hub.add_commit("org/neither", {"README.md": b"no weights"})
+    with pytest.raises(WeightsError, match="has no config.json.*or a weight set"):
+        load_weights("org/neither")
 
 
 # ----------------------------------------------------------------------------------------------- integrity

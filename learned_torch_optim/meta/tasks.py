@@ -443,9 +443,17 @@ def paper_cifar_task(
     keep = torch.isin(all_labels, torch.tensor(list(labels), dtype=all_labels.dtype))
     relabel = torch.full((10,), -1, dtype=torch.long)
     relabel[list(labels)] = torch.arange(len(labels))
+
+    def model_factory(generator: torch.Generator) -> nn.Module:
+        model = _init_normal_(PaperCifarNet(classes=len(labels)), 0.01, generator)
+        with torch.no_grad():
+            for norm in [*model.conv_norm, model.hidden_norm]:
+                norm.offset.zero_()
+        return model
+
     return ModuleTask(
         name,
-        lambda generator: _init_normal_(PaperCifarNet(classes=len(labels)), 0.01, generator),
+        model_factory,
         nn.functional.cross_entropy,
         _classification_sampler(images[keep], relabel[all_labels[keep]], batch_size),
     )

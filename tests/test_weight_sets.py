@@ -1,0 +1,276 @@
+"""Weight sets: several networks loaded by one name, each running the parameters a rule gives it by name (the
+paper's CIFAR-10 optimizer, section 3.3), through the optimizer and the meta-trainer."""
+
+import copy
+import hashlib
+import io
+import json
+
+import pytest
+import torch
+from conftest import quick_config
+
+from learned_torch_optim import (
+    CoordinatewiseLSTM,
+    LearnedOptimizer,
+    NetworkRule,
+    WeightsError,
+    WeightSet,
+    list_pretrained,
+    load_weight_set,
+    load_weights,
+)
+from learned_torch_optim import weights as weights_module
+from learned_torch_optim.meta import MetaTrainer, ModuleTask
+from learned_torch_optim.meta.bptt import SetStep
+from learned_torch_optim.meta.tasks import QuadraticTask
+from learned_torch_optim.meta.trainer import meta_iteration, network_rule
+from learned_torch_optim.weight_set import MAX_NETWORKS, SET_FILE, WeightSetError
+
+RULE = NetworkRule(((r"0\.weight", "conv"),), "fc")
+
+
+def make_set(seed: int = 0) -> WeightSet:
+    torch.manual_seed(seed)
+    conv = CoordinatewiseLSTM(hidden_size=8, num_layers=2)
+    fc = CoordinatewiseLSTM(hidden_size=5, num_layers=1, preprocessing="adam_normalized", momentum_decays=[0.9])
+    return WeightSet({"fc": fc, "conv": conv}, RULE)
+
+
+def make_model() -> torch.nn.Sequential:
+    torch.manual_seed(1)
+    return torch.nn.Sequential(torch.nn.Conv1d(2, 3, 3), torch.nn.Flatten(), torch.nn.Linear(12, 2))
+
+
+def train(model: torch.nn.Module, optimizer: torch.optim.Optimizer, steps: int, start: int = 0) -> None:
+    for i in range(start, start + steps):
+        optimizer.zero_grad()
+        model(torch.randn(5, 2, 6, generator=torch.Generator().manual_seed(i))).pow(2).mean().backward()
+        optimizer.step()
+
+
+def test_a_saved_set_loads_by_folder_with_its_rule_networks_and_identities(tmp_path):
+    weight_set = make_set()
+    weight_set.save_pretrained(tmp_path / "set")
+    assert sorted(p.name for p in (tmp_path / "set").iterdir()) == ["README.md", "conv", "fc", SET_FILE]
+    loaded = load_weight_set(str(tmp_path / "set"))
+    assert loaded.rule == RULE and list(loaded.networks) == ["conv", "fc"]
+    for name, network in weight_set.networks.items():
+        assert loaded.networks[name].config == network.config
+        assert all(
+            torch.equal(a, b)
+            for a, b in zip(loaded.networks[name].state_dict().values(), network.state_dict().values())
+        )
+        assert loaded.networks[name].weights_identity.source == str((tmp_path / "set").resolve()) + f"/{name}"
+    assert load_weight_set(tmp_path / "set").weights_identity == loaded.weights_identity
+    assert make_set(seed=1).state_dict().keys() == loaded.state_dict().keys()
+    assert load_weight_set(make_set(seed=1)).weights_identity.sha256 != loaded.weights_identity.sha256
+    with pytest.raises(WeightsError, match="weight set of 2 networks \\(conv, fc\\).*named_parameters"):
+        load_weights(str(tmp_path / "set"))
+    CoordinatewiseLSTM().save_pretrained(tmp_path / "one")
+    with pytest.raises(WeightsError, match="one network"):
+        load_weight_set(tmp_path / "one")
+
+
+def test_named_parameters_split_into_a_group_per_network_that_runs_as_explicit_groups_would(tmp_path):
+    make_set().save_pretrained(tmp_path / "set")
+    model, twin = make_model(), make_model()
+    optimizer = LearnedOptimizer(model.named_parameters(), weights=str(tmp_path / "set"))
+    assert [group["param_names"] for group in optimizer.param_groups] == [
+        ["0.weight"],
+        ["0.bias", "2.weight", "2.bias"],
+    ]
+    conv, fc = optimizer.weight_set.networks.values()
+    assert optimizer.group_networks == [conv, fc] and optimizer.network is fc
+    explicit = LearnedOptimizer(
+        [{"params": [twin[0].weight], "weights": conv}, {"params": [twin[0].bias, *twin[2].parameters()]}], weights=fc
+    )
+    train(model, optimizer, 3)
+    train(twin, explicit, 3)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), twin.parameters()))
+    assert optimizer.state[model[0].weight]["lstm_state"].shape[-1] == conv.state_size
+    assert optimizer.state[model[2].weight]["lstm_state"].shape[-1] == fc.state_size
+
+
+def test_plain_parameters_with_a_set_are_refused_naming_the_weights(tmp_path):
+    make_set().save_pretrained(tmp_path / "set")
+    with pytest.raises(TypeError, match=f"{tmp_path / 'set'}.*conv, fc.*named_parameters\\(\\)"):
+        LearnedOptimizer(make_model().parameters(), weights=str(tmp_path / "set"))
+    model = make_model()
+    optimizer = LearnedOptimizer(model[2].named_parameters(), weights=CoordinatewiseLSTM())
+    optimizer.add_param_group({"params": model[0].named_parameters(prefix="0"), "weights": make_set()})  # a group's set
+    assert [len(group["params"]) for group in optimizer.param_groups] == [2, 1, 1]
+
+
+def test_a_set_resumes_bit_exactly_from_its_state_dict(tmp_path):
+    make_set().save_pretrained(tmp_path / "set")
+    weights = str(tmp_path / "set")
+    straight = make_model()
+    train(straight, LearnedOptimizer(straight.named_parameters(), weights=weights), 4)
+    model = make_model()
+    optimizer = LearnedOptimizer(model.named_parameters(), weights=weights)
+    train(model, optimizer, 2)
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, buffer)
+    buffer.seek(0)
+    checkpoint = torch.load(buffer, weights_only=True)
+    assert checkpoint["optimizer"]["weights_identity"]["sha256"] == load_weight_set(weights).weights_identity.sha256
+    resumed = make_model()
+    resumed.load_state_dict(checkpoint["model"])
+    resumed_optimizer = LearnedOptimizer(resumed.named_parameters(), weights=weights)
+    resumed_optimizer.load_state_dict(checkpoint["optimizer"])
+    train(resumed, resumed_optimizer, 2, start=2)
+    assert all(torch.equal(a, b) for a, b in zip(resumed.parameters(), straight.parameters()))
+
+
+def write_set_file(folder, content) -> None:
+    make_set().save_pretrained(folder)
+    (folder / SET_FILE).write_text(content if isinstance(content, str) else json.dumps(content))
+
+
+GOOD = {"format": "learned_torch_optim.weight_set", "version": 1, "rules": [["0\\.weight", "conv"]], "fallback": "fc"}
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{not json", "not valid JSON"),
+        ([1, 2], "holds a JSON list"),
+        ({**GOOD, "extra": 1}, "unknown key"),
+        ({k: v for k, v in GOOD.items() if k != "fallback"}, "lacks \\['fallback'\\]"),
+        ({**GOOD, "version": 2}, "version 2"),
+        ({**GOOD, "rules": [["a", "b", "c"]]}, "pairs of strings"),
+        ({**GOOD, "rules": [["(", "conv"]]}, "not a regular expression"),
+        ({**GOOD, "fallback": "../fc"}, "network name '../fc'"),
+        ({**GOOD, "rules": [[f"x{i}", f"n{i}"] for i in range(MAX_NETWORKS)]}, "more than the bound"),
+        ({**GOOD, "rules": [["x", "conv"]] * 257}, "257 patterns"),
+        ({**GOOD, "rules": [["x" * 1001, "conv"]]}, "at most 1000"),
+        ({**GOOD, "rules": [["0\\.weight", "other"]]}, "other.*missing"),
+        (" " * (1 << 20) + "{}", "larger than the bound"),
+    ],
+)
+def test_a_malformed_set_file_is_refused_naming_the_file(tmp_path, content, message):
+    write_set_file(tmp_path / "set", content)
+    with pytest.raises(WeightsError, match=message) as error:
+        LearnedOptimizer(make_model().named_parameters(), weights=str(tmp_path / "set"))
+    assert str(tmp_path / "set") in str(error.value)
+
+
+def test_rule_syntax_named_rules_and_first_match():
+    rule = NetworkRule.parse([r"conv\.\d+\.weight=conv", "x=y=fc", "fc"])  # split at the last '='
+    assert rule.patterns == ((r"conv\.\d+\.weight", "conv"), ("x=y", "fc")) and rule.networks == ("conv", "fc")
+    assert [rule.network_for(n) for n in ("conv.1.weight", "conv.1.weight_v", "x=y", "conv.1.bias")] == [
+        "conv",
+        "fc",
+        "fc",
+        "fc",
+    ]
+    assert network_rule([]) is None and network_rule(["paper-cifar"]).networks == ("conv", "fc")
+    for bad, message in (
+        (["fc"], "not a named rule"),
+        (["a=b", "c=d"], "then the fallback"),
+        (["a", "fc"], "not REGEX=NETWORK"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            network_rule(bad)
+    with pytest.raises(ValueError, match="network_rule"):
+        quick_config(network_rule=["no-such-rule"])
+    with pytest.raises(WeightSetError, match="not the networks its rule names"):
+        WeightSet({"conv": CoordinatewiseLSTM()}, RULE)
+
+
+def test_a_packaged_set_is_listed_and_checked_file_by_file(tmp_path, monkeypatch):
+    make_set().save_pretrained(tmp_path / "l2l-paper-cifar")
+    (tmp_path / "l2l-paper-cifar" / "DESCRIPTION").write_text("two networks\n")
+    files = [SET_FILE] + [f"{net}/{f}" for net in ("conv", "fc") for f in ("config.json", "model.safetensors")]
+    sums = "".join(
+        f"{hashlib.sha256((tmp_path / 'l2l-paper-cifar' / f).read_bytes()).hexdigest()}  l2l-paper-cifar/{f}\n"
+        for f in files
+    )
+    (tmp_path / "SHA256SUMS").write_text(sums)
+    monkeypatch.setattr(weights_module, "packaged_root", lambda: tmp_path)
+    assert list_pretrained() == {"l2l-paper-cifar": "two networks"}
+    assert load_weight_set("l2l-paper-cifar").networks["conv"].weights_identity.source == "l2l-paper-cifar/conv"
+    damaged = tmp_path / "l2l-paper-cifar" / "fc" / "model.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:-1] + b"\x00")
+    with pytest.raises(WeightsError, match="fc/model.safetensors does not match its sha256"):
+        load_weight_set("l2l-paper-cifar")
+
+
+def tiny_task() -> ModuleTask:
+    """A conv net on random data: named parameters for a two-network rule, a step of milliseconds."""
+
+    def build(generator):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(2**31, (), generator=generator)))
+            return torch.nn.Sequential(
+                torch.nn.Conv1d(1, 2, 3), torch.nn.Tanh(), torch.nn.Flatten(), torch.nn.Linear(8, 2)
+            )
+
+    def batch(generator):
+        return torch.randn(8, 1, 6, generator=generator), torch.randint(2, (8,), generator=generator)
+
+    return ModuleTask("tiny", build, torch.nn.functional.cross_entropy, batch)
+
+
+def test_set_step_runs_each_network_on_its_coordinates_with_forward():
+    weight_set = make_set()
+    problem = tiny_task().problems([0, 1])  # two problems: their conv weights are two separate segments
+    names = [name for name, size in problem.segments() for _ in range(size)]
+    step = SetStep(weight_set, problem)
+    grad = torch.randn(len(names))
+    state = step.initial_state(len(names))
+    for _ in range(2):
+        update, state = step(grad, state)
+    for name, network in weight_set.networks.items():
+        mask = torch.tensor([RULE.network_for(n) == name for n in names])
+        expected, own = network(grad[mask], network.initial_state(int(mask.sum())))
+        expected, _ = network(grad[mask], own)
+        torch.testing.assert_close(update[mask], expected, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="does not name its parameters"):
+        SetStep(weight_set, QuadraticTask().problem(0))
+
+
+def test_a_two_network_run_resumes_exactly_and_writes_a_set_the_optimizer_loads(tmp_path):
+    config = quick_config(
+        network_rule=[r"\d\.weight=w", "rest"], iterations=4, checkpoint_every=1, horizon=6, unroll=3, validate_every=2
+    )
+    straight = MetaTrainer(config, tmp_path / "straight", task=tiny_task())
+    straight.train(progress=False)
+    assert list(straight.network.networks) == ["w", "rest"]
+    first = MetaTrainer(copy.deepcopy(config), tmp_path / "resumed", task=tiny_task())
+    first.config.iterations = 2
+    first.train(progress=False)
+    resumed = MetaTrainer(config, tmp_path / "resumed", task=tiny_task())
+    resumed.train(resume=True, progress=False)
+    for name, tensor in straight.network.state_dict().items():
+        assert torch.equal(tensor, resumed.network.state_dict()[name]), name
+    assert straight.best_state.keys() == resumed.best_state.keys()
+    assert all(torch.equal(t, resumed.best_state[k]) for k, t in straight.best_state.items())
+
+    loaded = load_weight_set(tmp_path / "resumed")
+    for name, tensor in loaded.state_dict().items():
+        assert torch.equal(tensor, resumed.best_state[name]), name
+    assert "`\\d\\.weight` -> w" in (tmp_path / "resumed" / "README.md").read_text()
+    model = tiny_task().problem(0).module
+    optimizer = LearnedOptimizer(model.named_parameters(), weights=tmp_path / "resumed")
+    assert [group["param_names"] for group in optimizer.param_groups] == [
+        ["0.weight", "3.weight"],
+        ["0.bias", "3.bias"],
+    ]
+    with pytest.raises(ValueError, match="network_rule"):  # resuming with another rule is refused
+        MetaTrainer(quick_config(iterations=5), tmp_path / "resumed", task=tiny_task()).train(
+            resume=True, progress=False
+        )
+
+
+def test_a_network_without_coordinates_in_a_problem_gets_no_meta_gradient():
+    weight_set = WeightSet(
+        {"w": CoordinatewiseLSTM(hidden_size=4), "unused": CoordinatewiseLSTM(hidden_size=4)},
+        NetworkRule(((r"no-such-parameter", "unused"),), "w"),
+    )
+    before = copy.deepcopy(weight_set.networks["unused"].state_dict())
+    meta_optimizer = torch.optim.Adam(weight_set.parameters(), lr=1e-2)
+    meta_iteration(weight_set, meta_optimizer, tiny_task().problem(0), horizon=4, unroll_length=2)
+    assert all(torch.equal(t, weight_set.networks["unused"].state_dict()[k]) for k, t in before.items())
+    assert all(p.grad is not None for p in weight_set.networks["w"].parameters())
