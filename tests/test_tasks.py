@@ -21,8 +21,10 @@ from learned_torch_optim.meta.data import (
 from learned_torch_optim.meta.tasks import (
     BUILTIN_TASKS,
     TASK_DESCRIPTIONS,
+    ConcatenatedProblems,
     IllConditionedQuadraticTask,
     ModuleProblem,
+    StackedModuleProblems,
     get_task,
     task_data_files,
 )
@@ -266,3 +268,34 @@ def test_real_data_shapes():
     train, vocabulary = load_text("train", root)
     test, _ = load_text("test", root)
     assert len(vocabulary) == 65 and len(train) + len(test) == 1115394 and len(train) == int(0.9 * 1115394)
+
+
+@pytest.mark.parametrize("name", [n for n in BUILTIN_TASKS if n not in ("quadratic", "quadratic-ill", "rosenbrock")])
+def test_a_vectorized_meta_batch_is_the_concatenation_of_its_problems(name, data_dir):
+    task = get_task(name, data_dir=data_dir)
+    if not getattr(task, "vectorize", False):
+        pytest.skip(f"{name} is not vectorized")
+    seeds = [5, 6, 7]
+    stacked, one_by_one = task.problems(seeds), ConcatenatedProblems([task.problem(seed) for seed in seeds])
+    assert isinstance(stacked, StackedModuleProblems) and stacked.segments() == one_by_one.segments()
+    params = stacked.init_params().requires_grad_(True)
+    assert torch.equal(params, one_by_one.init_params())
+    for _ in range(2):  # the minibatch streams move on alike
+        loss = stacked.loss(params, stacked.sample_batch())
+        expected = one_by_one.loss(params, one_by_one.sample_batch())
+        torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            torch.autograd.grad(loss, params)[0], torch.autograd.grad(expected, params)[0], rtol=1e-4, atol=1e-6
+        )
+
+
+def test_a_mixture_meta_batch_groups_each_familys_problems(data_dir):
+    mixture = get_task("mlp-tanh,mnist-conv,char-rnn", data_dir=data_dir)
+    seeds = list(range(10))
+    batch = mixture.problems(seeds)
+    order = list(dict.fromkeys(mixture.family(seed).name for seed in seeds))
+    kinds = [ConcatenatedProblems if name == "char-rnn" else StackedModuleProblems for name in order]
+    assert [type(part) for part in batch.parts] == kinds
+    grouped = [seed for name in order for seed in seeds if mixture.family(seed).name == name]
+    assert torch.equal(batch.init_params(), torch.cat([mixture.problem(seed).init_params() for seed in grouped]))
+    assert batch.num_problems == 10

@@ -141,6 +141,17 @@ class MixtureTask(Task):
     def problem(self, seed: int) -> Problem:
         return self.family(seed).problem(seed)
 
+    def problems(self, seeds: Sequence[int]) -> Problem:
+        """The problems of ``seeds``, those of each family together (so a family can batch them, see
+        :class:`StackedModuleProblems`), the families in the order the seeds first pick them."""
+        if len(seeds) == 1:
+            return self.problem(seeds[0])
+        by_family: dict[int, list[int]] = {}
+        for seed in seeds:
+            by_family.setdefault(self.tasks.index(self.family(seed)), []).append(seed)
+        groups = [self.tasks[index].problems(group) for index, group in by_family.items()]
+        return groups[0] if len(groups) == 1 else ConcatenatedProblems(groups)
+
 
 class QuadraticProblems(Problem):
     """``f(theta) = ||W theta - y||^2`` (paper section 3.1), ``k`` independent draws side by side."""
@@ -234,6 +245,9 @@ class ModuleTask(Task):
         model_factory: ``generator -> nn.Module``, a freshly initialised model per problem.
         loss_fn: ``(outputs, targets) -> scalar loss``.
         batch_sampler: ``generator -> (inputs, targets)``, the next minibatch.
+        vectorize: evaluate several problems (``problems(seeds)``, a meta-batch) in one ``torch.func.vmap`` call
+            (:class:`StackedModuleProblems`); for models that vmap can batch (no in-place buffer updates such as
+            batch norm's running statistics, no ``nn.GRU``/``nn.LSTM``).
     """
 
     def __init__(
@@ -242,12 +256,42 @@ class ModuleTask(Task):
         model_factory: Callable[[torch.Generator], nn.Module],
         loss_fn: Callable[[Tensor, Tensor], Tensor],
         batch_sampler: Callable[[torch.Generator], tuple[Tensor, Tensor]],
+        *,
+        vectorize: bool = False,
     ) -> None:
         self.name, self.model_factory, self.loss_fn, self.batch_sampler = name, model_factory, loss_fn, batch_sampler
+        self.vectorize = vectorize
 
     def problem(self, seed: int) -> Problem:
         generator = torch.Generator().manual_seed(seed)
         return ModuleProblem(self.model_factory(generator), self.loss_fn, self.batch_sampler, generator)
+
+    def problems(self, seeds: Sequence[int]) -> Problem:
+        if self.vectorize and len(seeds) > 1:
+            return StackedModuleProblems([self.problem(seed) for seed in seeds])
+        return super().problems(seeds)
+
+
+class StackedModuleProblems(ConcatenatedProblems):
+    """Problems of one :class:`ModuleTask` (one architecture) side by side, as :class:`ConcatenatedProblems` (the
+    same parameters, minibatches and summed loss), their losses computed by one vmapped call
+    (``torch.func.vmap`` over the stacked parameters and minibatches) instead of one call per problem."""
+
+    def __init__(self, problems: list[ModuleProblem]) -> None:
+        super().__init__(problems)
+        first = problems[0]
+        self.module, self.loss_fn, self.names, self.shapes = first.module, first.loss_fn, first.names, first.shapes
+
+    def loss(self, params: Tensor, batch: Any) -> Tensor:
+        count = len(self.parts)
+        chunks = params.view(count, -1).split([math.prod(shape) for shape in self.shapes], dim=1)
+        named = {name: chunk.reshape(count, *shape) for name, chunk, shape in zip(self.names, chunks, self.shapes)}
+        inputs, targets = (torch.stack(part) for part in zip(*batch, strict=True))
+
+        def one_loss(weights: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+            return self.loss_fn(functional_call(self.module, weights, (x,)), y)
+
+        return torch.func.vmap(one_loss, randomness="different")(named, inputs, targets).sum()
 
 
 def _init_normal_(module: nn.Module, std: float, generator: torch.Generator) -> nn.Module:
@@ -296,7 +340,11 @@ def mnist_mlp_task(
         return _init_normal_(build(), init_std, generator)
 
     return ModuleTask(
-        name, model_factory, nn.functional.cross_entropy, _classification_sampler(flat_images, labels, batch_size)
+        name,
+        model_factory,
+        nn.functional.cross_entropy,
+        _classification_sampler(flat_images, labels, batch_size),
+        vectorize=True,
     )
 
 
@@ -356,6 +404,7 @@ def mnist_conv_task(
         lambda generator: _seeded_default_init(lambda: _small_convnet(1, 28, channels), generator),
         nn.functional.cross_entropy,
         _classification_sampler(inputs, labels, batch_size),
+        vectorize=True,
     )
 
 
@@ -376,6 +425,7 @@ def cifar_conv_task(
         lambda generator: _seeded_default_init(lambda: _small_convnet(3, 32, channels), generator),
         nn.functional.cross_entropy,
         _classification_sampler(inputs, labels, batch_size),
+        vectorize=True,
     )
 
 
@@ -486,6 +536,7 @@ def mnist1d_mlp_task(
         lambda generator: _seeded_default_init(build, generator),
         nn.functional.cross_entropy,
         _classification_sampler(x, y, batch_size),
+        vectorize=True,
     )
 
 
@@ -572,7 +623,11 @@ def char_rnn_task(
     else:
         raise ValueError(f"architecture must be 'gru' or 'attention', got {architecture!r}")
     return ModuleTask(
-        name, lambda generator: _seeded_default_init(build, generator), _sequence_cross_entropy, batch_sampler
+        name,
+        lambda generator: _seeded_default_init(build, generator),
+        _sequence_cross_entropy,
+        batch_sampler,
+        vectorize=architecture == "attention",  # vmap has no batching rule for nn.GRU
     )
 
 
@@ -714,6 +769,7 @@ def mnist_autoencoder_task(
         lambda generator: _seeded_default_init(build, generator),
         nn.functional.binary_cross_entropy_with_logits,
         batch_sampler,
+        vectorize=True,
     )
 
 
@@ -742,6 +798,7 @@ def mnist1d_conv_task(
         lambda generator: _seeded_default_init(build, generator),
         nn.functional.cross_entropy,
         _classification_sampler(x, y, batch_size),
+        vectorize=True,
     )
 
 
