@@ -8,7 +8,14 @@ import pytest
 import torch
 from conftest import make_fake_mnist
 
-from learned_torch_optim import CoordinatewiseLSTM, WeightsError
+from learned_torch_optim import (
+    CoordinatewiseLSTM,
+    LearnedOptimizer,
+    NetworkRule,
+    WeightsError,
+    WeightSet,
+    load_weight_set,
+)
 from learned_torch_optim.meta import Problem, Task, get_task
 from learned_torch_optim.meta.cli import main as cli_main
 from learned_torch_optim.meta.evaluation import (
@@ -315,3 +322,57 @@ def test_a_run_stops_at_its_first_non_finite_loss():
     curve = run_optimizer(get_task("quadratic").problem(0), lambda p: CountingSGD(p, lr=1e3), steps=40)
     first = int((~torch.isfinite(curve)).nonzero()[0])
     assert first < 39 and len(steps) == first and torch.isnan(curve[first + 1 :]).all()
+
+
+@pytest.fixture
+def weight_set(tmp_path):
+    """Two networks for the weights and the biases of a model, at nominal lrs in the two units."""
+    torch.manual_seed(0)
+    networks = {
+        "w": CoordinatewiseLSTM(preprocessing="identity", output_scale=0.01, hidden_size=6),
+        "b": CoordinatewiseLSTM(preprocessing="identity", output_scale=1.0, hidden_size=4, nominal_lr=1e-3),
+    }
+    folder = tmp_path / "set"
+    WeightSet(networks, NetworkRule(((r"\d+\.weight", "w"),), "b")).save_pretrained(folder)
+    return folder
+
+
+def test_a_weight_set_runs_each_network_at_its_own_lr_on_named_parameters(tmp_path, weight_set, tiny_weights):
+    data_dir = str(make_fake_mnist(tmp_path / "data"))
+    options = dict(optimizers=("adam",), lr_grid=(0.01,), data_dir=data_dir, problems=1, steps=5, progress=False)
+    single = evaluate(tiny_weights, "mnist-mlp", **options)
+    result = evaluate(str(weight_set), "mnist-mlp", learned_lr_grid=(1.0, 0.5), **options)
+    loaded = load_weight_set(weight_set)
+    assert result.weights["sha256"] == loaded.weights_identity.sha256 != single.weights["sha256"]
+    assert result.weights["networks"] == {n: net.weights_identity.sha256 for n, net in loaded.networks.items()}
+    assert result.optimizers["adam"].runs[0].cached  # the baselines do not depend on the weights
+    assert "weight set of w, b" in result.optimizers["learned"].description
+
+    def by_hand(named, factor):
+        """The set's split written out: each network on its parameters at factor times its nominal_lr."""
+        w, b = loaded.networks["w"], loaded.networks["b"]
+        weights = [p for name, p in named if name.endswith("weight")]
+        biases = [p for name, p in named if name.endswith("bias")]
+        groups = [{"params": weights, "weights": w, "lr": factor}, {"params": biases, "lr": factor * 1e-3}]
+        return LearnedOptimizer(groups, weights=b)
+
+    task = get_task("mnist-mlp", split="test", data_dir=data_dir)
+    for run in result.optimizers["learned"].runs:
+        expected = run_optimizer(task.problem(result.problem_seeds[0]), lambda p: by_hand(p, run.lr), 5, named=True)  # noqa: B023
+        assert list(run.mean_curve) == expected.double().tolist()
+    assert result.optimizers["learned"].runs[0].mean_curve != result.optimizers["learned"].runs[1].mean_curve
+
+    data = result.to_dict()
+    assert data["weights_networks"] == result.weights["networks"] and single.to_dict()["weights_networks"] is None
+    assert f"weight set `{loaded.weights_identity.source}`" in format_results_markdown(data)
+    assert "`w`, `b`" in format_results_markdown(data)
+
+
+def test_a_weight_set_on_a_task_without_parameter_names_is_refused_naming_both(tmp_path, weight_set, capsys):
+    argv = ["evaluate", "--weights", str(weight_set), "--task", "quadratic", "--out", str(tmp_path / "out")]
+    assert cli_main([*argv, "--no-progress"]) == 2
+    error = capsys.readouterr().err
+    assert str(weight_set) in error and "'quadratic'" in error and "do not name their parameters" in error
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="QuadraticProblems does not name its parameters"):
+        run_learned(load_weight_set(weight_set), get_task("quadratic").problem(0), 3)

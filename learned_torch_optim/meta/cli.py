@@ -197,7 +197,8 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--weights",
         default=None,
-        help="packaged name, save_pretrained folder or hub repo id; omit to evaluate the baselines only",
+        help="packaged name, save_pretrained folder or hub repo id, of one network or a weight set (which needs a "
+        "task whose problems name their parameters); omit to evaluate the baselines only",
     )
     p.add_argument("--revision", default=None, help="branch, tag or commit when --weights is a hub repo id")
     p.add_argument("--task", required=True, type=_task_names, help=SETTINGS["task"].metadata["help"])
@@ -216,7 +217,8 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
         nargs="+",
         type=float,
         default=[1.0],
-        help="lrs of the learned optimizer, as factors on its weights' nominal_lr (1: as meta-trained)",
+        help="lrs of the learned optimizer, as factors on its weights' nominal_lr (each network's, in a weight set; 1: "
+        "as meta-trained)",
     )
     p.add_argument("--cache-dir", default=None, help="baseline cache; None: ~/.cache/learned_torch_optim/baselines")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the baseline cache")

@@ -5,19 +5,19 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from ...network import CoordinatewiseLSTM
-from ...optimizer import LearnedOptimizer
-from ...weights import load_weights
-from ..tasks import Task, get_task, task_data_files
+from ...weight_set import WeightSet
+from ...weights import resolve_weights
+from ..tasks import Problem, Task, get_task, task_data_files
 from .baselines import BASELINES, DEFAULT_BASELINES, LEARNED, Baseline
 from .cache import BaselineCache, builtin_task_id
-from .protocol import HALF_DECADES, MAX_PROBLEMS, OptimizerFactory, problem_seeds, run_optimizer
+from .protocol import HALF_DECADES, MAX_PROBLEMS, problem_seeds, run_learned, run_optimizer
 from .results import EvaluationResult, OptimizerResult, RunResult
 
 __all__ = ["evaluate"]
@@ -38,23 +38,33 @@ def _check_grid(name: str, grid: Sequence[float]) -> list[float]:
 
 
 def _run_problems(
-    task: Task,
-    seeds: Sequence[int],
-    make_optimizer: OptimizerFactory,
-    steps: int,
-    lr: float,
-    bar: tqdm,
+    task: Task, seeds: Sequence[int], run: Callable[[Problem], Tensor], lr: float, bar: tqdm
 ) -> RunResult:
-    """One optimizer at one lr on every problem; each problem is drawn afresh, so its minibatches replay."""
+    """One optimizer at one lr on every problem (``run``: its loss curve on one); each problem is drawn afresh, so
+    its minibatches replay."""
     curves = []
     for seed in seeds:
-        curves.append(run_optimizer(task.problem(seed), make_optimizer, steps))
+        curves.append(run(task.problem(seed)))
         bar.update(1)
     return RunResult.from_curves(lr, curves)
 
 
+def _check_named(weight_set: WeightSet, task: Task, task_name: str, seeds: Sequence[int]) -> None:
+    """Refuse a task whose problems do not name their parameters: a set's rule picks each one's network by name."""
+    unnamed = [seed for seed in seeds if task.problem(seed).segments() is None]
+    if unnamed:
+        identity = weight_set.weights_identity
+        raise ValueError(
+            f"weights {identity.source!r} are a weight set of networks {', '.join(weight_set.networks)}, chosen for "
+            f"each parameter by its name (paper section 3.3), but the problems of task {task_name!r} (seeds "
+            f"{unnamed[:3]}{', ...' if len(unnamed) > 3 else ''}) do not name their parameters (Problem.segments): "
+            "evaluate the set on a task of named parameters (a model's, such as paper-cifar10 or a ModuleTask), or "
+            "one network on this task"
+        )
+
+
 def evaluate(
-    weights: str | os.PathLike | CoordinatewiseLSTM | None,
+    weights: str | os.PathLike | CoordinatewiseLSTM | WeightSet | None,
     task: str | Task,
     *,
     problems: int = 10,
@@ -74,7 +84,9 @@ def evaluate(
     """Evaluate learned weights against tuned baselines on the same problems and minibatches (paper section 3).
 
     Args:
-        weights: anything :func:`learned_torch_optim.load_weights` accepts, or ``None`` for the baselines only.
+        weights: anything :func:`learned_torch_optim.resolve_weights` accepts (one network, or a weight set, which
+            needs a task whose problems name their parameters, ``Problem.segments``), or ``None`` for the baselines
+            only.
         task: a built-in task name (see ``learned-torch-optim list``) or a :class:`Task`.
         problems: ``K``, the number of problems; problem ``i`` is ``task.problem(seed_i)``, see
             :func:`~.protocol.problem_seeds`, drawn afresh for every run so that every optimizer sees the same
@@ -82,7 +94,7 @@ def evaluate(
         steps: ``T``, optimizer steps per problem.
         lr_grid: learning rates tried for each baseline (half-decades from 1e-4 to 1 by default).
         learned_lr_grid: learning rates tried for the learned optimizer, as factors on its weights' ``nominal_lr``
-            (``(1.0,)``: untuned, as meta-trained).
+            (each network's own, for a set; ``(1.0,)``: untuned, as meta-trained).
         optimizers: baseline names, a subset of :data:`~.baselines.BASELINES`.
         seed: selects the evaluation problems.
         split: the data split of built-in dataset tasks (``"test"``: held out from meta-training).
@@ -124,9 +136,15 @@ def evaluate(
         raise TypeError(f"task must be a built-in task name or a Task, got {type(task).__name__}")
     baseline_cache = BaselineCache(cache_dir) if cache and task_id is not None else None
 
-    network = None if weights is None else load_weights(weights, revision=revision)
-    identity = None if network is None else network.weights_identity.as_dict()
+    network = None if weights is None else resolve_weights(weights, revision=revision)
+    identity: dict[str, Any] | None = None if network is None else network.weights_identity.as_dict()
     seeds = problem_seeds(seed, problems)
+    if isinstance(network, WeightSet):
+        _check_named(network, task_obj, task_name, seeds)
+        identity = {
+            **identity,
+            "networks": {name: net.weights_identity.sha256 for name, net in network.networks.items()},
+        }
     results: dict[str, OptimizerResult] = {}
     total = (len(baselines) * len(lr_grid) + (len(learned_lr_grid) if network is not None else 0)) * problems
     with tqdm(total=total, desc=f"evaluate {task_name}", unit="run", disable=not progress) as bar:
@@ -135,11 +153,12 @@ def evaluate(
             for lr in learned_lr_grid:
                 bar.set_postfix_str(f"{LEARNED} lr={lr:.2g}")
 
-                def make_learned(params: list[torch.nn.Parameter], lr: float = lr) -> torch.optim.Optimizer:
-                    return LearnedOptimizer(params, weights=network, lr=lr * network.nominal_lr)
+                def learned(problem: Problem, lr: float = lr) -> Tensor:
+                    return run_learned(network, problem, steps, lr)
 
-                runs.append(_run_problems(task_obj, seeds, make_learned, steps, lr, bar))
-            description = f"LearnedOptimizer, weights {identity['source']} (sha256 {identity['sha256'][:12]})"
+                runs.append(_run_problems(task_obj, seeds, learned, lr, bar))
+            kind = f"weight set of {', '.join(network.networks)}" if isinstance(network, WeightSet) else "weights"
+            description = f"LearnedOptimizer, {kind} {identity['source']} (sha256 {identity['sha256'][:12]})"
             results[LEARNED] = OptimizerResult(LEARNED, description, runs)
         for baseline in baselines:
             runs = []
@@ -156,12 +175,10 @@ def evaluate(
                         runs.append(run)
                         continue
 
-                def make_baseline(
-                    params: list[torch.nn.Parameter], lr: float = lr, baseline: Baseline = baseline
-                ) -> torch.optim.Optimizer:
-                    return baseline.factory(params, lr)
+                def hand_designed(problem: Problem, lr: float = lr, baseline: Baseline = baseline) -> Tensor:
+                    return run_optimizer(problem, lambda params: baseline.factory(params, lr), steps)
 
-                run = _run_problems(task_obj, seeds, make_baseline, steps, lr, bar)
+                run = _run_problems(task_obj, seeds, hand_designed, lr, bar)
                 if baseline_cache is not None and key is not None:
                     baseline_cache.put(key, run)
                 runs.append(run)

@@ -82,7 +82,13 @@ def run_optimizer(
     diverged and stops: the remaining entries are NaN.  The optimizer gets one flat parameter, or with ``named``
     one per parameter of the problem with its name (``Problem.segments``), as ``named_parameters()`` gives them."""
     if named:
-        names, sizes = zip(*problem.segments(), strict=True)
+        segments = problem.segments()
+        if segments is None:
+            raise ValueError(
+                f"{type(problem).__name__} does not name its parameters (Problem.segments), so they cannot be handed "
+                "to the optimizer as named parameters"
+            )
+        names, sizes = zip(*segments, strict=True)
         parts = [torch.nn.Parameter(part) for part in problem.init_params().split(sizes)]
         optimizer = make_optimizer(list(zip(names, parts, strict=True)))
     else:
@@ -108,18 +114,20 @@ def run_learned(
     network: CoordinatewiseLSTM | WeightSet,
     problem: Problem,
     steps: int,
-    lr: float | None = None,
+    lr_factor: float = 1.0,
     schedule: Schedule = "constant",
 ) -> Tensor:
-    """:func:`run_optimizer` with ``LearnedOptimizer(params, weights=network, lr=lr)`` (``None``: the network's
-    ``nominal_lr``); a weight set gets the problem's named parameters."""
-    return run_optimizer(
-        problem,
-        lambda params: LearnedOptimizer(params, weights=network, lr=lr),
-        steps,
-        schedule,
-        named=isinstance(network, WeightSet),
-    )
+    """:func:`run_optimizer` with ``LearnedOptimizer(params, weights=network)`` at ``lr_factor`` times the
+    ``nominal_lr`` of each group's network (1: the update as meta-trained); a weight set gets the problem's named
+    parameters, one group per network (paper section 3.3), each at its own network's ``nominal_lr``."""
+
+    def make(params: list[torch.nn.Parameter] | list[tuple[str, torch.nn.Parameter]]) -> torch.optim.Optimizer:
+        optimizer = LearnedOptimizer(params, weights=network)
+        for group in optimizer.param_groups:
+            group["lr"] *= lr_factor
+        return optimizer
+
+    return run_optimizer(problem, make, steps, schedule, named=isinstance(network, WeightSet))
 
 
 def diverged(losses: Tensor) -> Tensor:

@@ -70,6 +70,9 @@ def format_results_markdown(result: EvaluationResult | Mapping[str, Any]) -> str
     data = _as_dict(result)
     split = f" ({data['split']} split)" if data.get("split") else ""
     weights = f" Learned optimizer: weights `{data['weights']}`." if data.get("weights") else ""
+    if data.get("weights_networks"):
+        networks = ", ".join(f"`{name}`" for name in data["weights_networks"])
+        weights = f" Learned optimizer: weight set `{data['weights']}` (one network per kind of parameter: {networks})."
     baseline_lrs = sorted(
         {e["lr"] for name, entry in data["optimizers"].items() if name != LEARNED for e in entry["lrs"]}
     )

@@ -130,7 +130,9 @@ class EvaluationResult:
     seed: int
     problem_seeds: list[int]
     optimizers: dict[str, OptimizerResult]
-    weights: dict[str, str | None] | None = None
+    weights: dict[str, Any] | None = None
+    """The learned optimizer's weights identity (``source``, ``revision``, ``sha256``); a weight set's also has
+    ``networks``, the sha256 of each network by name."""
 
     @property
     def best_baseline(self) -> str | None:
@@ -187,6 +189,7 @@ class EvaluationResult:
             "weights": None if self.weights is None else self.weights.get("source"),
             "weights_sha256": None if self.weights is None else self.weights.get("sha256"),
             "weights_revision": None if self.weights is None else self.weights.get("revision"),
+            "weights_networks": None if self.weights is None else self.weights.get("networks"),
             "best_baseline": self.best_baseline,
             "torch_version": torch.__version__,
             "package_version": __version__,
