@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from collections import OrderedDict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -33,9 +34,11 @@ from learned_torch_optim import (
     load_weight_set,
     load_weights,
 )
+from learned_torch_optim.meta import ModuleTask
 from learned_torch_optim.meta.cli import main
 from learned_torch_optim.meta.evaluation import evaluate, format_results_markdown
 from learned_torch_optim.meta.publish import PublishError, plan_publish, publish
+from learned_torch_optim.weights import WeightsIdentity
 
 # ----------------------------------------------------------------------------------------------- loopback hub
 
@@ -50,6 +53,7 @@ class LoopbackHub:
     def __init__(self) -> None:
         self.repos: dict[str, dict] = {}  # repo_id -> {"refs": {branch: sha}, "commits": {sha: {path: bytes}}}
         self.commit_ops: dict[str, list[str]] = {}  # commit sha -> paths the commit request added
+        self.commit_deletions: dict[str, list[str]] = {}  # commit sha -> paths the commit request deleted
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, authorization header)
         self._counter = 0
         self._lock = threading.Lock()
@@ -63,12 +67,16 @@ class LoopbackHub:
         self.server.shutdown()
         self.server.server_close()
 
-    def add_commit(self, repo_id: str, files: dict[str, bytes], branch: str = "main") -> str:
-        """Commit ``files`` (on top of the branch's files) and move the branch; returns the commit sha."""
+    def add_commit(
+        self, repo_id: str, files: dict[str, bytes], branch: str = "main", deleted: tuple[str, ...] = ()
+    ) -> str:
+        """Commit ``files`` (on top of the branch's files, less ``deleted``) and move the branch; returns the sha."""
         with self._lock:
             repo = self.repos.setdefault(repo_id, {"refs": {}, "commits": {}})
             parent = repo["refs"].get(branch) or repo["refs"].get("main")
             content = dict(repo["commits"][parent]) if parent else {}
+            for path in deleted:
+                del content[path]  # KeyError: deleting a file the branch does not have fails the request
             content.update(files)
             self._counter += 1
             sha = hashlib.sha1(f"{repo_id}:{self._counter}:{sorted(files)}".encode()).hexdigest()
@@ -192,16 +200,18 @@ def _make_handler(hub: LoopbackHub) -> type[BaseHTTPRequestHandler]:
         def _commit(self, repo_id: str, revision: str, body: bytes) -> None:
             if hub.resolve(repo_id, revision) is None:
                 return self._error(404, "RevisionNotFound", "Invalid rev id: " + revision)
-            files = {}
+            files, deleted = {}, []
             for line in body.decode().splitlines():
                 item = json.loads(line)
                 if item["key"] == "file":
                     assert item["value"]["encoding"] == "base64"
                     files[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+                elif item["key"] == "deletedFile":
+                    deleted.append(item["value"]["path"])
                 elif item["key"] != "header":
                     return self._error(400, None, f"loopback hub accepts inline files only, got {item['key']}")
-            sha = hub.add_commit(repo_id, files, branch=revision)
-            hub.commit_ops[sha] = list(files)
+            sha = hub.add_commit(repo_id, files, branch=revision, deleted=tuple(deleted))
+            hub.commit_ops[sha], hub.commit_deletions[sha] = list(files), deleted
             self._json(200, {"commitUrl": f"{hub.url}/{repo_id}/commit/{sha}", "commitOid": sha})
 
     return Handler
@@ -581,3 +591,78 @@ def test_publish_refuses_an_evaluation_of_other_weights(run_dir):
     (run_dir / "results.json").write_text(json.dumps(results))
     with pytest.raises(PublishError, match="not the weights in"):
         plan_publish(run_dir, "org/other")
+
+
+def _set_model() -> torch.nn.Module:
+    return torch.nn.Sequential(OrderedDict(conv=torch.nn.Linear(3, 2), fc=torch.nn.Linear(2, 1)))
+
+
+def _set_batch(generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.randn(4, 3, generator=generator), torch.randn(4, 1, generator=generator)
+
+
+def test_publish_uploads_a_weight_set_as_one_repo_that_loads_back(hub, tmp_path, capsys):
+    torch.manual_seed(5)
+    rule = NetworkRule(((r"conv\.weight", "conv"),), "fc")
+    networks = {"conv": CoordinatewiseLSTM(hidden_size=6), "fc": CoordinatewiseLSTM(hidden_size=4, num_layers=1)}
+    run = tmp_path / "set-run"
+    WeightSet(networks, rule).save_pretrained(run, model_card_kwargs={"recipe": RECIPE})
+    (run / "checkpoint.pt").write_bytes(b"not uploaded")
+    task = ModuleTask("tiny", lambda generator: _set_model(), torch.nn.functional.mse_loss, _set_batch)
+    evaluate(run, task, problems=1, steps=3, optimizers=("adam",), lr_grid=(0.01,), progress=False).save(run)
+    hub.add_commit("org/l2l-set", _weight_files(_weights_folder(tmp_path / "one", seed=1)))  # a network before it
+
+    result = publish(run, "org/l2l-set", token="hf_test_token")
+    sha = result.commit.oid
+    names = ["weight_set.json", *(f"{n}/{f}" for n in ("conv", "fc") for f in ("config.json", "model.safetensors"))]
+    assert hub.commit_ops[sha] == [*names, "README.md"]
+    assert hub.commit_deletions[sha] == ["config.json", "model.safetensors"]  # they would shadow the set
+    uploaded = hub.files("org/l2l-set", sha)
+    assert all(uploaded[name] == (run / name).read_bytes() for name in names)
+    card = uploaded["README.md"].decode()
+    assert "library_name: learned_torch_optim" in card and RECIPE.strip() in card
+    assert 'LearnedOptimizer(model.named_parameters(), weights="org/l2l-set")' in card
+    assert "| `conv\\.weight` | `conv` |" in card and "| (any other) | `fc` |" in card
+    assert "| hidden_size | 6 | 4 |" in card and "## Evaluation" in card
+    assert hashlib.sha256(uploaded["conv/model.safetensors"]).hexdigest() in card
+
+    model = _set_model()
+    optimizer = LearnedOptimizer(model.named_parameters(), weights="org/l2l-set", revision=sha)
+    assert [g["param_names"] for g in optimizer.param_groups] == [
+        ["conv.weight"],
+        ["conv.bias", "fc.weight", "fc.bias"],
+    ]
+    local = load_weight_set(run).weights_identity
+    assert optimizer.weights.weights_identity == WeightsIdentity("org/l2l-set", sha, local.sha256)
+
+    assert main(["publish", str(run), "--repo-id", "org/l2l-set", "--revision", "exp"]) == 0
+    branch_sha = hub.resolve("org/l2l-set", "exp")
+    assert hub.commit_deletions[branch_sha] == []  # nothing left to delete on the new branch
+    assert f"LearnedOptimizer(model.named_parameters(), weights='org/l2l-set', revision='{branch_sha}')" in (
+        capsys.readouterr().out
+    )
+    one = publish(tmp_path / "one", "org/l2l-set", revision="exp", token="t")  # a network in place of the set
+    assert hub.commit_deletions[one.commit.oid] == ["weight_set.json"]
+    assert (
+        load_weights("org/l2l-set", revision="exp").weights_identity.sha256
+        == load_weights(tmp_path / "one").weights_identity.sha256
+    )
+
+
+def test_publish_checks_every_file_of_a_set_and_its_evaluation(tmp_path, capsys):
+    torch.manual_seed(0)
+    run = tmp_path / "set-run"
+    rule = NetworkRule(((r"conv\.weight", "conv"),), "fc")
+    WeightSet(
+        {"conv": CoordinatewiseLSTM(hidden_size=3), "fc": CoordinatewiseLSTM(hidden_size=2)}, rule
+    ).save_pretrained(run)
+    plan = plan_publish(run, "org/name")
+    assert plan.is_set and plan.replaced == ("config.json", "model.safetensors")
+    assert "Not recorded" in plan.card and "fc/model.safetensors" in plan.describe()
+    (run / "results.json").write_text(json.dumps({"weights_sha256": "0" * 64}))  # an evaluation of other weights
+    with pytest.raises(PublishError, match="not the weights in"):
+        plan_publish(run, "org/name")
+    (run / "results.json").unlink()
+    (run / "fc" / "model.safetensors").unlink()
+    assert main(["publish", str(run), "--repo-id", "org/name", "--dry-run"]) == 2
+    assert f"{run / 'fc' / 'model.safetensors'} is missing" in capsys.readouterr().err

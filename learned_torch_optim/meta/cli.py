@@ -253,11 +253,16 @@ def _evaluate(args: argparse.Namespace, argv: Sequence[str]) -> int:
 def _add_publish(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "publish",
-        help="upload a run's weights and a model card to the Hugging Face hub",
-        description="Upload config.json, model.safetensors and a generated model card README.md (recipe, evaluation, "
-        "usage) from RUN_DIR to a hub model repo, in one commit. Uses the logged-in token (hf auth login) or HF_TOKEN.",
+        help="upload a run's weights (one network or a weight set) and a model card to the Hugging Face hub",
+        description="Upload config.json, model.safetensors (or a weight set's weight_set.json and network folders) and "
+        "a generated model card README.md (recipe, evaluation, usage) from RUN_DIR to a hub model repo, in one commit. "
+        "Uses the logged-in token (hf auth login) or HF_TOKEN.",
     )
-    p.add_argument("run_dir", metavar="RUN_DIR", help="run directory of `train` (config.json, model.safetensors)")
+    p.add_argument(
+        "run_dir",
+        metavar="RUN_DIR",
+        help="run directory of `train` (config.json, model.safetensors; or weight_set.json and a folder per network)",
+    )
     p.add_argument("--repo-id", required=True, help="hub model repo, org/name (created if missing)")
     p.add_argument("--private", action="store_true", help="create the repo private")
     p.add_argument("--revision", default=None, help="branch to commit to (created if missing; default main)")
@@ -282,7 +287,8 @@ def _publish(args: argparse.Namespace, argv: Sequence[str]) -> int:
     else:
         revision_arg = f", revision={result.commit.oid!r}" if result.commit.oid else ""
         print(f"published {', '.join(result.plan.files)} to {args.repo_id}: {result.commit.commit_url}")
-        print(f"load with LearnedOptimizer(params, weights={args.repo_id!r}{revision_arg})")
+        params = "model.named_parameters()" if result.plan.is_set else "params"
+        print(f"load with LearnedOptimizer({params}, weights={args.repo_id!r}{revision_arg})")
     return 0
 
 
