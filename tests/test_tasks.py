@@ -284,9 +284,10 @@ def test_a_vectorized_meta_batch_is_the_concatenation_of_its_problems(name, data
         loss = stacked.loss(params, stacked.sample_batch())
         expected = one_by_one.loss(params, one_by_one.sample_batch())
         torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(
-            torch.autograd.grad(loss, params)[0], torch.autograd.grad(expected, params)[0], rtol=1e-4, atol=1e-6
-        )
+        grad, expected_grad = torch.autograd.grad(loss, params)[0], torch.autograd.grad(expected, params)[0]
+        # equal to fp32 rounding (batched reductions sum in another order; a conv bias before batch norm has a
+        # gradient of exactly 0 in exact arithmetic, so elementwise relative tolerances cannot hold there)
+        assert (grad - expected_grad).norm() <= 1e-4 * expected_grad.norm()
 
 
 def test_a_mixture_meta_batch_groups_each_familys_problems(data_dir):

@@ -506,6 +506,7 @@ def paper_cifar_task(
         model_factory,
         nn.functional.cross_entropy,
         _classification_sampler(images[keep], relabel[all_labels[keep]], batch_size),
+        vectorize=True,
     )
 
 
