@@ -274,3 +274,59 @@ def test_a_network_without_coordinates_in_a_problem_gets_no_meta_gradient():
     meta_iteration(weight_set, meta_optimizer, tiny_task().problem(0), horizon=4, unroll_length=2)
     assert all(torch.equal(t, weight_set.networks["unused"].state_dict()[k]) for k, t in before.items())
     assert all(p.grad is not None for p in weight_set.networks["w"].parameters())
+
+
+SET_RUN = dict(network_rule=[r"\d\.weight=w", "rest"], horizon=6, unroll=3, validate_every=2, iterations=4)
+
+
+def fine_tune_config(start, **overrides):
+    """A two-network run on the tiny task that starts from ``start`` (changing none of its network config)."""
+    return quick_config(**{**SET_RUN, "init": "default", "network_config": {}, "init_from": str(start), **overrides})
+
+
+def test_a_set_fine_tunes_each_network_from_its_namesake_and_resumes_exactly(tmp_path):
+    MetaTrainer(quick_config(**{**SET_RUN, "iterations": 2}), tmp_path / "first", task=tiny_task()).train(
+        progress=False
+    )
+    start = load_weight_set(tmp_path / "first")
+    other_patterns = fine_tune_config(tmp_path / "first", network_rule=[r"0\.weight=w", "rest"])
+    tuned = MetaTrainer(other_patterns, tmp_path / "other", task=tiny_task())  # the names matter, not the patterns
+    for name, network in start.networks.items():
+        for key, tensor in network.state_dict().items():
+            assert torch.equal(tensor, tuned.network.networks[name].state_dict()[key]), (name, key)
+    assert not torch.equal(start.networks["w"].readout.weight, start.networks["rest"].readout.weight)
+    assert tuned.config.network_config == start.networks["w"].config
+    assert tuned.init_sha256 == start.weights_identity.sha256
+
+    config = fine_tune_config(tmp_path / "first")
+    straight = MetaTrainer(config, tmp_path / "straight", task=tiny_task())
+    straight.train(progress=False)
+    first = MetaTrainer(fine_tune_config(tmp_path / "first", iterations=2), tmp_path / "resumed", task=tiny_task())
+    first.train(progress=False)
+    resumed = MetaTrainer(config, tmp_path / "resumed", task=tiny_task())
+    resumed.train(resume=True, progress=False)
+    assert [row["iteration"] for row in resumed.rows] == [0, 1, 2, 3, 4]  # 0: the start, validated
+    for key, tensor in straight.network.state_dict().items():
+        assert torch.equal(tensor, resumed.network.state_dict()[key]), key
+    assert all(torch.equal(t, resumed.best_state[k]) for k, t in straight.best_state.items())
+    loaded = load_weight_set(tmp_path / "resumed")
+    assert all(torch.equal(t, resumed.best_state[k]) for k, t in loaded.state_dict().items())
+    assert f"from weights `{tmp_path / 'first'}`" in (tmp_path / "resumed" / "README.md").read_text()
+
+
+def test_one_network_starts_every_network_of_a_rule_and_a_set_needs_the_same_names(tmp_path):
+    torch.manual_seed(0)
+    CoordinatewiseLSTM(preprocessing="identity", hidden_size=5).save_pretrained(tmp_path / "one")
+    tuned = MetaTrainer(fine_tune_config(tmp_path / "one"), tmp_path / "run", task=tiny_task())
+    one = load_weights(tmp_path / "one")
+    for name, network in tuned.network.networks.items():
+        assert all(torch.equal(t, network.state_dict()[k]) for k, t in one.state_dict().items()), name
+    assert tuned.network.networks["w"] is not tuned.network.networks["rest"]
+
+    make_set().save_pretrained(tmp_path / "set")  # networks conv and fc, of two configs
+    with pytest.raises(ValueError, match=r"weight set of networks \['conv', 'fc'\].*no network_rule"):
+        MetaTrainer(fine_tune_config(tmp_path / "set", network_rule=[]), tmp_path / "run", task=tiny_task())
+    with pytest.raises(ValueError, match=r"\['conv', 'fc'\].*network_rule naming \['w', 'rest'\]"):
+        MetaTrainer(fine_tune_config(tmp_path / "set"), tmp_path / "run", task=tiny_task())
+    with pytest.raises(ValueError, match="different configs"):
+        MetaTrainer(fine_tune_config(tmp_path / "set", network_rule=[r"0\.weight=conv", "fc"]), tmp_path / "run")

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..network import CoordinatewiseLSTM
 from ..weight_set import SET_FILE, NetworkRule, WeightSet
-from ..weights import load_weights
+from ..weights import resolve_weights
 from .bptt import SetStep, log_loss, unroll
 from .files import atomic_write, atomic_write_text, file_mode, temporaries
 from .schedules import SCHEDULES, lr_factors
@@ -160,7 +160,8 @@ class TrainConfig:
         "start from these weights (packaged name, directory or hub repo id) and their network config, to which "
         "--momentum-decays and --step-timescales can add inputs (zero weights at first), --update-clip and "
         "--gradient-rms-clip can set step bounds and --nominal-lr the lr's unit; leave the other network flags at "
-        "their defaults",
+        "their defaults. With --network-rule, one network starts every network of the rule, and a weight set "
+        "(whose networks the rule must name) starts each from its network of the same name",
         card=None,
         stored_as="init_weights",
         metavar="WEIGHTS",
@@ -169,7 +170,9 @@ class TrainConfig:
     ``momentum_decays`` or ``step_timescales`` (:func:`~.widen.widen`) or set the weightless options
     ``update_clip``, ``gradient_rms_clip`` and ``nominal_lr``.  The weights are validated before the first
     iteration and stay the result unless a later validation beats them; resuming checks that the weights are still
-    those the run started from."""
+    those the run started from.  With a ``network_rule``, one network starts every network of the run; a weight set
+    starts each from its network of the same name (the rule must name the set's networks, which must share one
+    config; fine-tuning the paper's two CIFAR-10 LSTMs, section 3.3)."""
     network_rule: list[str] = setting(
         [],
         "meta-train one network per kind of parameter (paper 3.3) into a weight set: REGEX=NETWORK pairs (a regex "
@@ -504,13 +507,25 @@ class MetaTrainer:
             )
         torch.manual_seed(config.seed)
         self.device = torch.device(config.device)
-        self.init_identity = None
         self.rule = network_rule(config.network_rule)
+        start = self._start()
+        self.init_identity = None if start is None else start.weights_identity
         if self.rule is None:
-            self.network: CoordinatewiseLSTM | WeightSet = self._initial_network()
-        else:  # each network drawn in turn, as the one network of a run without a rule
-            networks = {name: self._initial_network() for name in self.rule.networks}
+            self.network: CoordinatewiseLSTM | WeightSet = self._initial_network(start)
+            networks = {"network": self.network}
+        else:  # each network drawn (or taken from init_from) in turn, as the one network of a run without a rule
+            starts = start.networks if isinstance(start, WeightSet) else dict.fromkeys(self.rule.networks, start)
+            networks = {name: self._initial_network(starts[name]) for name in self.rule.networks}
             self.network = WeightSet(networks, self.rule)
+        if start is not None:  # the config the start gives, which every network of a run shares
+            configs = {name: network.config for name, network in networks.items()}
+            first = next(iter(configs.values()))
+            if any(other != first for other in configs.values()):
+                raise ValueError(
+                    f"init_from={config.init_from!r}: the networks of the weight set have different configs "
+                    f"({configs!r}); a run meta-trains networks of one config"
+                )
+            self.config = replace(config, network_config=first)
         self.meta_optimizer = torch.optim.Adam(self.network.parameters(), lr=self.config.meta_lr)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.iteration = 0
@@ -519,13 +534,31 @@ class MetaTrainer:
         self.elapsed = 0.0
         self.rows: list[dict[str, Any]] = []
 
-    def _initial_network(self) -> CoordinatewiseLSTM:
-        """A network as the run starts it: from ``init_from`` (widened to ``network_config``) or freshly drawn,
-        then initialised as ``init`` says."""
+    def _start(self) -> CoordinatewiseLSTM | WeightSet | None:
+        """The weights ``init_from`` names (``None`` without it): one network, the start of every network of the run,
+        or a weight set, whose networks start the run's networks of the same names (the run's ``network_rule`` must
+        name the same networks; its patterns may differ)."""
         config = self.config
-        if config.init_from is not None:
-            start = load_weights(config.init_from)
-            self.init_identity, start_config = start.weights_identity, start.config
+        if config.init_from is None:
+            return None
+        start = resolve_weights(config.init_from)
+        if isinstance(start, WeightSet):
+            wanted = None if self.rule is None else set(self.rule.networks)
+            if wanted != set(start.networks):
+                given = "no network_rule" if self.rule is None else f"network_rule naming {list(self.rule.networks)}"
+                raise ValueError(
+                    f"init_from={config.init_from!r} is a weight set of networks {list(start.networks)}, but the run "
+                    f"has {given}: fine-tuning a set needs a network_rule (--network-rule) naming the same networks, "
+                    "each started from the set's network of its name"
+                )
+        return start
+
+    def _initial_network(self, start: CoordinatewiseLSTM | None) -> CoordinatewiseLSTM:
+        """A network as the run starts it: from ``start`` (a network of ``init_from``, widened to
+        ``network_config``) or freshly drawn, then initialised as ``init`` says."""
+        config = self.config
+        if start is not None:
+            start_config = start.config
             wanted = CoordinatewiseLSTM(**{**start_config, **config.network_config}).config
             widened = widen(
                 start,
@@ -539,10 +572,9 @@ class MetaTrainer:
                     f"({start_config!r}) beyond {', '.join(FINE_TUNING_CHANGES)} (new inputs: give the full lists, "
                     "the weights' own values, then the new ones)"
                 )
-            start = CoordinatewiseLSTM(**wanted)
-            start.load_state_dict(widened.state_dict())
-            self.config = replace(config, network_config=wanted)
-            network = start.to(self.device)
+            network = CoordinatewiseLSTM(**wanted)
+            network.load_state_dict(widened.state_dict())
+            network = network.to(self.device)
         else:
             network = CoordinatewiseLSTM(**config.network_config).to(self.device)
         if config.init == "adam":
