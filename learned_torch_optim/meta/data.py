@@ -12,8 +12,11 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
+import io
 import os
+import re
 import urllib.request
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -77,6 +80,14 @@ DATASETS: dict[str, dict] = {
             "test_batch_first1000.bin": "8314c96d7cd65618193bab23acdd5d4c4af15bf6dd00a1781d55beedf3be1ef5",
         },
         "splits": {"train": ("data_batch_1_first4000.bin",), "test": ("test_batch_first1000.bin",)},
+    },
+    # All 50,000 training and 10,000 test images of CIFAR-10 as 32x32 JPEG files (lossy: the pixels are not the
+    # originals) in one stored zip, named train/<class>/<NNNN>.jpg and test/<class>/<NNNN>.jpg; no canonical
+    # download, so it must be put in place by hand.
+    "cifar10-jpeg": {
+        "urls": [],
+        "sha256": {"cifar10_jpeg.zip": "0800b0020976bdd9abe8b4aa3f601f02deb7f237014a3a50474397ec01c4a422"},
+        "splits": {"train": ("cifar10_jpeg.zip",), "test": ("cifar10_jpeg.zip",)},
     },
     # MNIST-1D's default data set as .npz (upstream distributes a pickle, which is never loaded here).
     "mnist1d": {
@@ -259,6 +270,54 @@ def load_cifar10_subset(split: str, data_dir: str | None = None) -> tuple[torch.
     if labels.max() > 9:
         raise ValueError(f"{file_name}: label {labels.max()} out of range 0..9")
     return torch.from_numpy(images.astype(np.float32) / 255.0), torch.from_numpy(labels.astype(np.int64))
+
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+"""CIFAR-10's class names, label k at index k (the folder names of ``cifar10-jpeg``)."""
+_JPEG_MEMBER = re.compile(r"(train|test)/([a-z]+)/(\d{1,6})\.jpg")
+_MAX_JPEG_MEMBERS = 100_000
+_MAX_JPEG_BYTES = 64 * 1024
+"""Bounds on ``cifar10_jpeg.zip``: how many members it may list, how large one JPEG may be."""
+
+
+@functools.lru_cache(maxsize=2)
+def load_cifar10_jpeg(split: str, data_dir: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images, labels)`` of the JPEG copy of all of CIFAR-10 (``train``: 50,000 images, ``test``: 10,000), as
+    :func:`load_cifar10_subset` returns them, ordered by label then by the number in the file name.  Decoding needs
+    Pillow.  Each member must be a JPEG of at most 64 KiB named ``SPLIT/CLASS/NUMBER.jpg`` that decodes to 32x32
+    RGB; anything else is an error naming it."""
+    _check_split(split)
+    try:
+        from PIL import Image
+    except ImportError as error:
+        raise ImportError("reading cifar10-jpeg needs Pillow: pip install pillow") from error
+    path = dataset_file("cifar10-jpeg", "cifar10_jpeg.zip", data_dir)
+    with zipfile.ZipFile(path) as archive:
+        members = archive.infolist()
+        if len(members) > _MAX_JPEG_MEMBERS:
+            raise ValueError(f"{path}: {len(members)} members, more than the {_MAX_JPEG_MEMBERS} allowed")
+        found = []
+        for member in members:
+            match = _JPEG_MEMBER.fullmatch(member.filename)
+            if member.is_dir():
+                continue
+            if match is None or match[2] not in CIFAR10_CLASSES:
+                raise ValueError(f"{path}: unexpected member {member.filename!r} (want SPLIT/CLASS/NUMBER.jpg)")
+            if match[1] == split:
+                found.append((CIFAR10_CLASSES.index(match[2]), int(match[3]), member))
+        found.sort(key=lambda item: item[:2])
+        images = np.empty((len(found), 32, 32, 3), dtype=np.uint8)
+        for index, (_, _, member) in enumerate(found):
+            if member.file_size > _MAX_JPEG_BYTES:
+                raise ValueError(f"{path}: {member.filename} is {member.file_size} bytes, over {_MAX_JPEG_BYTES}")
+            with archive.open(member) as handle, Image.open(io.BytesIO(handle.read(_MAX_JPEG_BYTES + 1))) as image:
+                if image.format != "JPEG" or image.size != (32, 32):
+                    raise ValueError(f"{path}: {member.filename} is not a 32x32 JPEG ({image.format}, {image.size})")
+                images[index] = np.asarray(image.convert("RGB"))
+    if not found:
+        raise ValueError(f"{path}: no {split} images")
+    labels = np.array([label for label, _, _ in found], dtype=np.int64)
+    return torch.from_numpy(images.transpose(0, 3, 1, 2).astype(np.float32) / 255.0), torch.from_numpy(labels)
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,20 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ..weight_set import NetworkRule
+from .art import (
+    CONTENT_LAYER,
+    NEW_STYLE,
+    STYLE_LAYERS,
+    TRAINING_STYLE,
+    ArtFeatureNet,
+    content_loss,
+    gram_matrix,
+    load_art_features,
+    load_style_image,
+    square_resize,
+    style_loss,
+    total_variation,
+)
 from .data import dataset_files, load_cifar10_subset, load_image_classification, load_mnist1d, load_text
 
 
@@ -803,6 +818,107 @@ def mnist1d_conv_task(
     )
 
 
+NEURAL_ART_WEIGHTS = (1.0, 1.0, 3.0)
+"""``(alpha, beta, gamma)`` of the Neural Art loss (paper section 3.4).  The content and style terms are relative
+errors (:func:`~learned_torch_optim.meta.art.content_loss`, :func:`~learned_torch_optim.meta.art.style_loss`) and
+the regulariser is 1/3 on the white-noise start, so that the three weighted terms are of similar size there
+(docs/paper.md)."""
+
+
+class NeuralArtProblem(Problem):
+    """One Neural Art problem (paper section 3.4): the optimizee is an image ``theta`` of shape ``(3, S, S)`` in
+    [0, 1] pixel units, unconstrained, and ``f(theta) = alpha L_content(c, theta) + beta L_style(s, theta) + gamma
+    L_reg(theta)``: the content term compares the features of ``theta`` with those of the content image ``c`` at
+    :data:`~learned_torch_optim.meta.art.CONTENT_LAYER`, the style term the Gram matrices of ``theta``'s features
+    with the style image ``s``'s at :data:`~learned_torch_optim.meta.art.STYLE_LAYERS`, the regulariser is the
+    squared total variation of ``theta``.  Deterministic: no minibatches.  Its one parameter is named ``image``;
+    ``content`` is the content image ``(3, S, S)``."""
+
+    def __init__(
+        self, features: ArtFeatureNet, content: Tensor, style: Tensor, theta0: Tensor, weights: Sequence[float]
+    ) -> None:
+        self.features, self.content, self.theta0, self.weights = features, content, theta0, tuple(weights)
+        with torch.no_grad():
+            self.content_target = features(content[None], (CONTENT_LAYER,))[CONTENT_LAYER]
+            found = features(style[None], STYLE_LAYERS)
+            self.style_targets = [gram_matrix(found[layer]) for layer in STYLE_LAYERS]
+
+    def init_params(self) -> Tensor:
+        return self.theta0.reshape(-1).clone()
+
+    def terms(self, params: Tensor) -> dict[str, Tensor]:
+        """The unweighted terms at ``params``: ``content``, ``style`` and ``reg``."""
+        image = params.view(1, *self.theta0.shape)
+        found = self.features(image, (*STYLE_LAYERS, CONTENT_LAYER))
+        return {
+            "content": content_loss(found[CONTENT_LAYER], self.content_target),
+            "style": style_loss([gram_matrix(found[layer]) for layer in STYLE_LAYERS], self.style_targets),
+            "reg": total_variation(image),
+        }
+
+    def loss(self, params: Tensor, batch: Any) -> Tensor:
+        terms = self.terms(params)
+        alpha, beta, gamma = self.weights
+        return alpha * terms["content"] + beta * terms["style"] + gamma * terms["reg"]
+
+    def segments(self) -> list[tuple[str, int]]:
+        return [("image", self.theta0.numel())]
+
+    def image(self, params: Tensor) -> Tensor:
+        """``params`` as the image ``(3, S, S)`` it is, clamped to [0, 1] for display
+        (:func:`~learned_torch_optim.meta.art.save_png`)."""
+        return params.detach().view(self.theta0.shape).clamp(0, 1)
+
+    def to(self, device: torch.device | str) -> Problem:
+        self.features = self.features.to(device)
+        self.content, self.theta0 = self.content.to(device), self.theta0.to(device)
+        self.content_target = self.content_target.to(device)
+        self.style_targets = [target.to(device) for target in self.style_targets]
+        return self
+
+
+class NeuralArtTask(Task):
+    """The paper's Neural Art family (section 3.4): one problem per content image, all with one style image.
+
+    Problem ``seed`` takes the content image its seed picks from ``split`` of the CIFAR-10 subset (train: 4,000
+    images, test: 1,000, held out), upsampled from 32x32 to ``size`` x ``size``, and starts from white noise,
+    ``theta_0 ~ U(0, 1)`` per pixel (the start of Gatys et al.; the paper does not state its own).  ``style`` is a
+    name of :data:`~learned_torch_optim.meta.art.STYLE_IMAGES` (scikit-learn's sample photographs) or an image
+    ``(3, H, W)`` in [0, 1]; its central square is resized to ``size``.  ``features`` is the feature network, or the
+    folder to load it from (by default the shipped one, :func:`~learned_torch_optim.meta.art.load_art_features`).
+    ``weights`` are ``(alpha, beta, gamma)``."""
+
+    def __init__(
+        self,
+        size: int = 64,
+        style: str | Tensor = TRAINING_STYLE,
+        split: str = "train",
+        *,
+        features: ArtFeatureNet | str | os.PathLike | None = None,
+        data_dir: str | None = None,
+        weights: Sequence[float] = NEURAL_ART_WEIGHTS,
+        name: str = "neural-art-64",
+    ) -> None:
+        if size < 8:
+            raise ValueError(f"size must be at least 8 pixels, got {size}")
+        if len(weights) != 3:
+            raise ValueError(f"weights must be (alpha, beta, gamma), got {weights!r}")
+        self.size, self.weights, self.name = size, tuple(weights), name
+        self.contents = load_cifar10_subset(split, data_dir)[0]
+        self.features = features if isinstance(features, ArtFeatureNet) else load_art_features(features)
+        style_image = load_style_image(style) if isinstance(style, str) else style
+        if style_image.dim() != 3 or style_image.shape[0] != 3:
+            raise ValueError(f"a style image must have shape (3, H, W), got {tuple(style_image.shape)}")
+        self.style = square_resize(style_image.float(), size)
+
+    def problem(self, seed: int) -> Problem:
+        generator = torch.Generator().manual_seed(seed)
+        index = int(torch.randint(len(self.contents), (1,), generator=generator))
+        content = square_resize(self.contents[index], self.size)
+        theta0 = torch.rand(3, self.size, self.size, generator=generator)
+        return NeuralArtProblem(self.features, content, self.style, theta0, self.weights)
+
+
 @dataclass(frozen=True)
 class BuiltinTask:
     """The declaration of a built-in task: its name, one line for ``learned-torch-optim list``, the factory that
@@ -984,6 +1100,24 @@ BUILTIN_TASKS: dict[str, BuiltinTask] = {
             TeacherStudentTask,
         ),
         BuiltinTask("rosenbrock", "10-d chained Rosenbrock functions from starts uniform in [-2, 2]", RosenbrockTask),
+        BuiltinTask(
+            "neural-art-64",
+            "Neural Art (paper 3.4): a 64x64 image styled as china.jpg, content a CIFAR-10 image, white-noise start",
+            functools.partial(NeuralArtTask, size=64, style=TRAINING_STYLE),
+            "cifar10-subset",
+        ),
+        BuiltinTask(
+            "neural-art-128",
+            "as neural-art-64 at 128x128 (the paper's test at a higher resolution)",
+            functools.partial(NeuralArtTask, size=128, style=TRAINING_STYLE),
+            "cifar10-subset",
+        ),
+        BuiltinTask(
+            "neural-art-64-new-style",
+            "as neural-art-64 with the style flower.jpg (the paper's test with a new style)",
+            functools.partial(NeuralArtTask, size=64, style=NEW_STYLE),
+            "cifar10-subset",
+        ),
     )
 }
 """The built-in tasks, one declaration each, in the order ``learned-torch-optim list`` shows them."""
