@@ -143,9 +143,12 @@ def test_feature_weights_load_back_and_are_checked(tmp_path, features):
         load_art_features(tmp_path / "net")
 
 
-def test_missing_feature_weights_name_the_file_and_the_command(tmp_path):
+def test_missing_feature_weights_name_the_file_and_the_command(tmp_path, data_dir, style):
     with pytest.raises(ArtFeaturesError, match=r"model\.safetensors does not exist.*tools/train_art_features\.py"):
         load_art_features(tmp_path)
+    task = NeuralArtTask(16, style, features=tmp_path, data_dir=data_dir)  # builds: the net is loaded at need
+    with pytest.raises(ArtFeaturesError, match=r"model\.safetensors does not exist.*tools/train_art_features\.py"):
+        task.problem(0)
 
 
 def test_missing_scikit_learn_says_what_to_install(monkeypatch):

@@ -885,8 +885,8 @@ class NeuralArtTask(Task):
     ``theta_0 ~ U(0, 1)`` per pixel (the start of Gatys et al.; the paper does not state its own).  ``style`` is a
     name of :data:`~learned_torch_optim.meta.art.STYLE_IMAGES` (scikit-learn's sample photographs) or an image
     ``(3, H, W)`` in [0, 1]; its central square is resized to ``size``.  ``features`` is the feature network, or the
-    folder to load it from (by default the shipped one, :func:`~learned_torch_optim.meta.art.load_art_features`).
-    ``weights`` are ``(alpha, beta, gamma)``."""
+    folder to load it from (by default the shipped one, :func:`~learned_torch_optim.meta.art.load_art_features`);
+    both are loaded at the first problem.  ``weights`` are ``(alpha, beta, gamma)``."""
 
     def __init__(
         self,
@@ -903,13 +903,24 @@ class NeuralArtTask(Task):
             raise ValueError(f"size must be at least 8 pixels, got {size}")
         if len(weights) != 3:
             raise ValueError(f"weights must be (alpha, beta, gamma), got {weights!r}")
+        if isinstance(style, Tensor) and (style.dim() != 3 or style.shape[0] != 3):
+            raise ValueError(f"a style image must have shape (3, H, W), got {tuple(style.shape)}")
         self.size, self.weights, self.name = size, tuple(weights), name
         self.contents = load_cifar10_subset(split, data_dir)[0]
-        self.features = features if isinstance(features, ArtFeatureNet) else load_art_features(features)
-        style_image = load_style_image(style) if isinstance(style, str) else style
-        if style_image.dim() != 3 or style_image.shape[0] != 3:
-            raise ValueError(f"a style image must have shape (3, H, W), got {tuple(style_image.shape)}")
-        self.style = square_resize(style_image.float(), size)
+        self.features_source, self.style_source = features, style
+
+    @functools.cached_property
+    def features(self) -> ArtFeatureNet:
+        """The feature network, loaded at the first problem (so that a task is built without it, e.g. to list the
+        files it reads)."""
+        source = self.features_source
+        return source if isinstance(source, ArtFeatureNet) else load_art_features(source)
+
+    @functools.cached_property
+    def style(self) -> Tensor:
+        """The style image at the problems' size, ``(3, size, size)``, loaded at the first problem."""
+        image = load_style_image(self.style_source) if isinstance(self.style_source, str) else self.style_source
+        return square_resize(image.float(), self.size)
 
     def problem(self, seed: int) -> Problem:
         generator = torch.Generator().manual_seed(seed)
