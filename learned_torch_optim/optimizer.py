@@ -310,6 +310,7 @@ class LearnedOptimizer(Optimizer):
             "group_networks": self.group_networks,
             "implementation": self.implementation,
             "state_dtype": self.state_dtype,
+            "_lr_from_weights": self._lr_from_weights,
         }
 
     @staticmethod

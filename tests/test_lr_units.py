@@ -1,6 +1,8 @@
 """``lr`` and the weights' ``nominal_lr``: the lr a user passes to Adam either works or is refused at construction."""
 
+import copy
 import importlib.util
+import pickle
 from pathlib import Path
 
 import pytest
@@ -96,3 +98,12 @@ def test_the_literal_swap_from_adam_on_the_quickstart_mlp():
     assert load_weights("default").nominal_lr == 1.0
     with pytest.raises(ValueError, match=r"lr=0.001 \(parameter group 0\) is 0.001 times .*Leave lr out to use 1"):
         LearnedOptimizer(model.parameters(), lr=1e-3)
+
+
+@pytest.mark.parametrize("copy_optimizer", [copy.deepcopy, lambda optimizer: pickle.loads(pickle.dumps(optimizer))])
+def test_a_copied_optimizer_still_gives_a_new_group_its_networks_nominal_lr(copy_optimizer):
+    """Without ``lr`` a group added later runs at its own network's ``nominal_lr``; a deep copy or an unpickled
+    optimizer (which lost that the lr was left out) gave it the constructor's, refused as 1000 times too large."""
+    optimizer = copy_optimizer(LearnedOptimizer([torch.nn.Parameter(torch.ones(2))], weights=general(1.0)))
+    optimizer.add_param_group({"params": [torch.nn.Parameter(torch.ones(2))], "weights": general(1e-3)})
+    assert [group["lr"] for group in optimizer.param_groups] == [1.0, 1e-3]
