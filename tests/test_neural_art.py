@@ -1,6 +1,7 @@
 """The Neural Art tasks (paper section 3.4): with a small random feature network and injected style images, so that
 no test depends on the shipped feature weights or on scikit-learn."""
 
+import copy
 import io
 import json
 import sys
@@ -190,3 +191,14 @@ def test_cifar10_jpeg_reader(tmp_path):
     write_sha256sums(folder)
     with pytest.raises(ValueError, match="unexpected member 'train/cat/notes.txt'"):
         load_cifar10_jpeg("test", str(tmp_path))
+
+
+def test_moving_a_problem_to_a_device_leaves_the_tasks_feature_network_where_it_was(data_dir, features, style):
+    """The task's feature network is shared by its problems: ``problem.to(device)`` moved it in place
+    (``nn.Module.to``), so the next problem computed its targets from CPU images with weights on the device and
+    failed (meta-training and validation on CUDA: the second problem)."""
+    task = make_task(data_dir, copy.deepcopy(features), style)
+    moved = task.problem(0).to("meta")
+    assert next(task.features.parameters()).device.type == "cpu" and moved.features.mean.device.type == "meta"
+    after, fresh = task.problem(1), make_task(data_dir, features, style).problem(1)
+    torch.testing.assert_close(after.loss(after.init_params(), None), fresh.loss(fresh.init_params(), None))

@@ -8,6 +8,7 @@ and minibatches.  :class:`ModuleTask` builds a task from any ``nn.Module`` facto
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import os
@@ -870,7 +871,9 @@ class NeuralArtProblem(Problem):
         return params.detach().view(self.theta0.shape).clamp(0, 1)
 
     def to(self, device: torch.device | str) -> Problem:
-        self.features = self.features.to(device)
+        if any(param.device != torch.device(device) for param in self.features.parameters()):
+            # a copy: the task and its other problems share the network, and nn.Module.to moves it in place
+            self.features = copy.deepcopy(self.features).to(device)
         self.content, self.theta0 = self.content.to(device), self.theta0.to(device)
         self.content_target = self.content_target.to(device)
         self.style_targets = [target.to(device) for target in self.style_targets]
