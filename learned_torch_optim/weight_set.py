@@ -6,18 +6,22 @@ parameter not enough, and meta-trained two: one for the convolutional layers, on
 On disk it is a folder::
 
     weight_set.json        {"format": "learned_torch_optim.weight_set", "version": 1,
-                            "rules": [["conv\\\\.\\\\d+\\\\.weight", "conv"]], "fallback": "fc"}
+                            "rules": [["conv.*.weight", "conv"]], "fallback": "fc"}
     conv/                  config.json, model.safetensors (CoordinatewiseLSTM.save_pretrained)
     fc/                    config.json, model.safetensors
     README.md              the set's model card
 
-``rules`` are tried in order: a parameter runs the network of the first pattern that matches its whole name
-(:func:`re.fullmatch`), else the ``fallback`` network.  Reading a set is
+``rules`` are tried in order: a parameter runs the network of the first pattern that matches its whole name, else
+the ``fallback`` network.  A pattern is a shell-style glob (:func:`fnmatch.fnmatchcase`: case-sensitive, ``*`` any
+characters, dots included, ``?`` one, ``[seq]`` / ``[!seq]`` one in / not in ``seq``; a ``[`` without its ``]`` is a
+literal ``[``), not a regular expression: a regex from a downloaded set could hang the reader by catastrophic
+backtracking, a glob matches in time about linear in the name.  Reading a set is
 :func:`learned_torch_optim.weights.resolve_weights`.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
@@ -66,7 +70,7 @@ from learned_torch_optim import LearnedOptimizer
 optimizer = LearnedOptimizer(model.named_parameters(), weights="PATH_OR_REPO")  # names choose the networks
 ```
 
-| parameter name (regex, whole name) | network |
+| parameter name (glob, whole name) | network |
 | --- | --- |
 {rows}
 
@@ -80,8 +84,8 @@ class WeightSetError(ValueError):
 
 @dataclass(frozen=True)
 class NetworkRule:
-    """Which network runs each parameter: the first of ``patterns`` (``(regex, network)`` pairs) whose regex
-    matches the parameter's whole name, else ``fallback``."""
+    """Which network runs each parameter: the first of ``patterns`` (``(glob, network)`` pairs) whose glob
+    matches the parameter's whole name (:func:`fnmatch.fnmatchcase`), else ``fallback``."""
 
     patterns: tuple[tuple[str, str], ...]
     fallback: str
@@ -97,11 +101,7 @@ class NetworkRule:
                 )
         for pattern, _ in self.patterns:
             if not isinstance(pattern, str) or len(pattern) > MAX_PATTERN_LENGTH:
-                raise WeightSetError(f"pattern {pattern!r} is not a string of at most {MAX_PATTERN_LENGTH} characters")
-            try:
-                re.compile(pattern)
-            except re.error as error:
-                raise WeightSetError(f"pattern {pattern!r} is not a regular expression: {error}") from error
+                raise WeightSetError(f"pattern {pattern!r} is not a glob of at most {MAX_PATTERN_LENGTH} characters")
         if len(self.networks) > MAX_NETWORKS:
             raise WeightSetError(f"a rule names {len(self.networks)} networks, more than the bound of {MAX_NETWORKS}")
 
@@ -113,7 +113,7 @@ class NetworkRule:
     def network_for(self, parameter_name: str) -> str:
         """The network that runs the parameter called ``parameter_name``."""
         for pattern, network in self.patterns:
-            if re.fullmatch(pattern, parameter_name):
+            if fnmatch.fnmatchcase(parameter_name, pattern):
                 return network
         return self.fallback
 
@@ -147,7 +147,7 @@ class NetworkRule:
         if not isinstance(rules, list) or not all(
             isinstance(pair, list) and len(pair) == 2 and all(isinstance(part, str) for part in pair) for pair in rules
         ):
-            raise WeightSetError(f"{where}: 'rules' must be a list of [regex, network] pairs of strings")
+            raise WeightSetError(f"{where}: 'rules' must be a list of [glob, network] pairs of strings")
         try:
             return cls(tuple((pattern, network) for pattern, network in rules), data["fallback"])
         except WeightSetError as error:
@@ -155,19 +155,19 @@ class NetworkRule:
 
     @classmethod
     def parse(cls, values: Sequence[str]) -> NetworkRule:
-        """The rule of ``REGEX=NETWORK ... FALLBACK`` (the ``--network-rule`` syntax): pairs split at their last
+        """The rule of ``GLOB=NETWORK ... FALLBACK`` (the ``--network-rule`` syntax): pairs split at their last
         ``=``, then one bare network name, the fallback."""
         *pairs, fallback = values or [""]
         if not pairs or "=" in fallback:
             raise WeightSetError(
-                f"network rule {list(values)!r}: give REGEX=NETWORK pairs, then the fallback network's name, e.g. "
-                "'conv\\.\\d+\\.weight=conv' fc"
+                f"network rule {list(values)!r}: give GLOB=NETWORK pairs, then the fallback network's name, e.g. "
+                "'conv.*.weight=conv' fc"
             )
         parsed = []
         for pair in pairs:
             pattern, separator, network = pair.rpartition("=")
             if not separator:
-                raise WeightSetError(f"network rule: {pair!r} is not REGEX=NETWORK (only the last value is bare)")
+                raise WeightSetError(f"network rule: {pair!r} is not GLOB=NETWORK (only the last value is bare)")
             parsed.append((pattern, network))
         return cls(tuple(parsed), fallback)
 

@@ -333,7 +333,7 @@ def weight_set(tmp_path):
         "b": CoordinatewiseLSTM(preprocessing="identity", output_scale=1.0, hidden_size=4, nominal_lr=1e-3),
     }
     folder = tmp_path / "set"
-    WeightSet(networks, NetworkRule(((r"\d+\.weight", "w"),), "b")).save_pretrained(folder)
+    WeightSet(networks, NetworkRule((("[0-9]*.weight", "w"),), "b")).save_pretrained(folder)
     return folder
 
 

@@ -391,7 +391,7 @@ def test_offline_and_not_cached_names_the_repo_and_the_local_folder_way(hub, mon
 
 def test_a_weight_set_repo_loads_at_one_commit_by_its_id_and_offline_from_the_cache(hub, tmp_path, monkeypatch):
     torch.manual_seed(5)
-    rule = NetworkRule(((r"conv\.weight", "conv"),), "fc")
+    rule = NetworkRule((("conv.weight", "conv"),), "fc")
     weight_set = WeightSet({"conv": CoordinatewiseLSTM(hidden_size=6), "fc": CoordinatewiseLSTM(hidden_size=4)}, rule)
     weight_set.save_pretrained(tmp_path / "set")
     files = {
@@ -603,7 +603,7 @@ def _set_batch(generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_publish_uploads_a_weight_set_as_one_repo_that_loads_back(hub, tmp_path, capsys):
     torch.manual_seed(5)
-    rule = NetworkRule(((r"conv\.weight", "conv"),), "fc")
+    rule = NetworkRule((("conv.weight", "conv"),), "fc")
     networks = {"conv": CoordinatewiseLSTM(hidden_size=6), "fc": CoordinatewiseLSTM(hidden_size=4, num_layers=1)}
     run = tmp_path / "set-run"
     WeightSet(networks, rule).save_pretrained(run, model_card_kwargs={"recipe": RECIPE})
@@ -622,7 +622,7 @@ def test_publish_uploads_a_weight_set_as_one_repo_that_loads_back(hub, tmp_path,
     card = uploaded["README.md"].decode()
     assert "library_name: learned_torch_optim" in card and RECIPE.strip() in card
     assert 'LearnedOptimizer(model.named_parameters(), weights="org/l2l-set")' in card
-    assert "| `conv\\.weight` | `conv` |" in card and "| (any other) | `fc` |" in card
+    assert "| `conv.weight` | `conv` |" in card and "| (any other) | `fc` |" in card
     assert "| hidden_size | 6 | 4 |" in card and "## Evaluation" in card
     assert hashlib.sha256(uploaded["conv/model.safetensors"]).hexdigest() in card
 
@@ -652,7 +652,7 @@ def test_publish_uploads_a_weight_set_as_one_repo_that_loads_back(hub, tmp_path,
 def test_publish_checks_every_file_of_a_set_and_its_evaluation(tmp_path, capsys):
     torch.manual_seed(0)
     run = tmp_path / "set-run"
-    rule = NetworkRule(((r"conv\.weight", "conv"),), "fc")
+    rule = NetworkRule((("conv.weight", "conv"),), "fc")
     WeightSet(
         {"conv": CoordinatewiseLSTM(hidden_size=3), "fc": CoordinatewiseLSTM(hidden_size=2)}, rule
     ).save_pretrained(run)

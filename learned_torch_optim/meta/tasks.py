@@ -527,7 +527,7 @@ def paper_cifar_task(
 
 
 NETWORK_RULES: dict[str, NetworkRule] = {
-    "paper-cifar": NetworkRule(((r"conv\.\d+\.weight", "conv"),), "fc"),
+    "paper-cifar": NetworkRule((("conv.*.weight", "conv"),), "fc"),
 }
 """Named rules for ``--network-rule``.  ``paper-cifar``: the paper's CIFAR-10 optimizer (section 3.3) as the
 original implementation's ``cifar-multi`` splits it: the convolution weights of :class:`PaperCifarNet` on the

@@ -97,7 +97,7 @@ def setting(
 
 def network_rule(values: list[str]) -> NetworkRule | None:
     """The rule of a ``network_rule`` setting: ``None`` for ``[]`` (one network for every coordinate), the named
-    rule of :data:`~.tasks.NETWORK_RULES` for one name, else ``REGEX=NETWORK ... FALLBACK``
+    rule of :data:`~.tasks.NETWORK_RULES` for one name, else ``GLOB=NETWORK ... FALLBACK``
     (:meth:`NetworkRule.parse`)."""
     if not values:
         return None
@@ -105,7 +105,7 @@ def network_rule(values: list[str]) -> NetworkRule | None:
         if values[0] not in NETWORK_RULES:
             raise ValueError(
                 f"network_rule {values[0]!r} is not a named rule ({', '.join(NETWORK_RULES)}); a rule of your own is "
-                "REGEX=NETWORK pairs then the fallback network, e.g. 'conv\\.\\d+\\.weight=conv' fc"
+                "GLOB=NETWORK pairs then the fallback network, e.g. 'conv.*.weight=conv' fc"
             )
         return NETWORK_RULES[values[0]]
     return NetworkRule.parse(values)
@@ -175,10 +175,9 @@ class TrainConfig:
     config; fine-tuning the paper's two CIFAR-10 LSTMs, section 3.3)."""
     network_rule: list[str] = setting(
         [],
-        "meta-train one network per kind of parameter (paper 3.3) into a weight set: REGEX=NETWORK pairs (a regex "
-        "matching whole parameter names, first match wins) then the fallback network's name, or a named rule ("
-        + ", ".join(NETWORK_RULES)
-        + "); none: one network for every parameter",
+        "meta-train one network per kind of parameter (paper 3.3) into a weight set: GLOB=NETWORK pairs (a shell "
+        "glob matching whole parameter names, '*' dots included, first match wins) then the fallback network's name, "
+        "or a named rule (" + ", ".join(NETWORK_RULES) + "); none: one network for every parameter",
         card=("networks", _network_rule_row),
         nargs="+",
         metavar="RULE",
