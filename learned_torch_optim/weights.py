@@ -275,9 +275,11 @@ def _load_from_hub(repo_id: str, revision: str | None) -> tuple[CoordinatewiseLS
 def _read_rule(path: Path, label: str) -> NetworkRule:
     """The rule of a ``weight_set.json``, read and checked strictly (its size bounded before it is parsed)."""
     try:
-        if path.stat().st_size > MAX_SET_FILE_BYTES:
+        with open(path, "rb") as handle:  # at most the bound plus one byte, whatever the file is (a FIFO: size 0)
+            raw = handle.read(MAX_SET_FILE_BYTES + 1)
+        if len(raw) > MAX_SET_FILE_BYTES:
             raise WeightsError(f"weights {label}: {path} is larger than the bound of {MAX_SET_FILE_BYTES} bytes")
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(raw.decode("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise WeightsError(f"weights {label}: {SET_FILE} ({path}) is not valid JSON: {error}") from error
     try:
