@@ -317,6 +317,21 @@ def _load_packaged(name: str) -> CoordinatewiseLSTM | WeightSet:
     return _load_set({net: folder / net for net in rule.networks}, rule, label)
 
 
+def _packaged_member(name: str, packaged: dict[str, str]) -> CoordinatewiseLSTM | None:
+    """``"SET/NETWORK"``: network ``NETWORK`` of the packaged weight set ``SET`` (for one parameter group), else
+    ``None``; a packaged set without that network is an error naming the networks it has."""
+    set_name, _, network = name.partition("/")
+    if set_name not in packaged or not network or not (packaged_root() / set_name / SET_FILE).is_file():
+        return None
+    weight_set = _load_packaged(set_name)
+    if network not in weight_set.networks:
+        raise WeightsError(
+            f"weights {name!r}: the packaged weight set {set_name!r} has no network {network!r} "
+            f"(it has {', '.join(weight_set.networks)})"
+        )
+    return weight_set.networks[network]
+
+
 def set_sha256(weight_set: WeightSet) -> str:
     """A hash of a set's rule and networks (each by :func:`weights_sha256`)."""
     digest = hashlib.sha256(json.dumps(weight_set.rule.as_json(), sort_keys=True).encode())
@@ -345,8 +360,9 @@ def resolve_weights(
     Args:
         weights: an instance; a path (``os.PathLike``), always a local ``save_pretrained`` directory; or a string: a
             packaged name (see :func:`list_pretrained`; ``"default"`` is ``"l2l-general"``) even where a local
-            directory of that name exists (pass ``"./name"`` or a ``Path`` for that), else a local directory, else
-            a hub repo id ``org/name``.  A folder or repo holding ``weight_set.json`` is a weight set.
+            directory of that name exists (pass ``"./name"`` or a ``Path`` for that), or ``"SET/NETWORK"``, one
+            network of a packaged weight set (for one parameter group), else a local directory, else a hub repo id
+            ``org/name``.  A folder or repo holding ``weight_set.json`` is a weight set.
         revision: branch, tag or commit of a hub repo; only meaningful for repo ids.
 
     The result carries ``weights_identity``, a :class:`WeightsIdentity` (a set's networks each carry their own, with
@@ -378,6 +394,8 @@ def resolve_weights(
         packaged = list_pretrained()
         if name in packaged:
             resolved, source = _load_packaged(name), name
+        elif (member := _packaged_member(name, packaged)) is not None:
+            resolved, source = member, name
         elif weights == "default":
             raise WeightsError(
                 f"the default weights, packaged {DEFAULT_WEIGHTS!r}, are missing from {packaged_root()}; the "

@@ -203,6 +203,11 @@ def test_a_packaged_set_is_listed_and_checked_file_by_file(tmp_path, monkeypatch
     monkeypatch.setattr(weights_module, "packaged_root", lambda: tmp_path)
     assert list_pretrained() == {"l2l-paper-cifar": "two networks"}
     assert load_weight_set("l2l-paper-cifar").networks["conv"].weights_identity.source == "l2l-paper-cifar/conv"
+    conv = load_weights("l2l-paper-cifar/conv")  # one network of a packaged set, for one parameter group
+    assert conv.weights_identity.source == "l2l-paper-cifar/conv"
+    assert torch.equal(conv.readout.weight, make_set().networks["conv"].readout.weight)
+    with pytest.raises(WeightsError, match="'l2l-paper-cifar' has no network 'lstm' \\(it has conv, fc\\)"):
+        load_weights("l2l-paper-cifar/lstm")
     damaged = tmp_path / "l2l-paper-cifar" / "fc" / "model.safetensors"
     damaged.write_bytes(damaged.read_bytes()[:-1] + b"\x00")
     with pytest.raises(WeightsError, match="fc/model.safetensors does not match its sha256"):
