@@ -2,6 +2,7 @@
 no test depends on the shipped feature weights or on scikit-learn."""
 
 import copy
+import dataclasses
 import io
 import json
 import sys
@@ -25,7 +26,8 @@ from learned_torch_optim.meta.art import (
     total_variation,
 )
 from learned_torch_optim.meta.data import load_cifar10_jpeg
-from learned_torch_optim.meta.tasks import BUILTIN_TASKS, NeuralArtTask, task_data_files
+from learned_torch_optim.meta.evaluation.cache import builtin_task_id
+from learned_torch_optim.meta.tasks import ART_FEATURE_FILES, BUILTIN_TASKS, NeuralArtTask, task_data_files
 
 TRAIN_LEVELS, TEST_LEVELS = range(0, 100, 5), range(150, 250, 10)
 """The grey levels of the fake CIFAR images: every image is one level, the two splits' levels apart."""
@@ -124,6 +126,18 @@ def test_the_builtin_tasks_declare_size_and_style():
         "neural-art-128": {"size": 128, "style": "china"},
         "neural-art-64-new-style": {"size": 64, "style": "flower"},
     }
+
+
+def test_the_baseline_cache_keys_the_tasks_on_the_feature_network(tmp_path, monkeypatch, data_dir):
+    assert all(BUILTIN_TASKS[name].package_files == ART_FEATURE_FILES for name in BUILTIN_TASKS if "art" in name)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"one network")
+    declared = dataclasses.replace(BUILTIN_TASKS["neural-art-64"], package_files=(weights,))
+    monkeypatch.setitem(BUILTIN_TASKS, "neural-art-64", declared)
+    before = builtin_task_id("neural-art-64", "test", data_dir)
+    weights.write_bytes(b"a retrained network")
+    assert builtin_task_id("neural-art-64", "test", data_dir) != before
+    assert builtin_task_id("paper-cifar10", "test", data_dir).count("|") == 2  # no package files, key as before
 
 
 def write_features(folder, network: ArtFeatureNet) -> None:

@@ -15,6 +15,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,6 +24,7 @@ from torch.func import functional_call
 
 from ..weight_set import NetworkRule
 from .art import (
+    ART_FEATURES_DIR,
     CONTENT_LAYER,
     NEW_STYLE,
     STYLE_LAYERS,
@@ -936,13 +938,15 @@ class NeuralArtTask(Task):
 @dataclass(frozen=True)
 class BuiltinTask:
     """The declaration of a built-in task: its name, one line for ``learned-torch-optim list``, the factory that
-    builds it (called with ``name=``, and ``split=`` and ``data_dir=`` when it reads a dataset) and the dataset it
-    reads (``None`` for a synthetic task)."""
+    builds it (called with ``name=``, and ``split=`` and ``data_dir=`` when it reads a dataset), the dataset it
+    reads (``None`` for a synthetic task) and the files of the package it reads besides (the Neural Art tasks' feature
+    network), which are part of its cache identity."""
 
     name: str
     description: str
     factory: Callable[..., Task]
     dataset: str | None = None
+    package_files: tuple[Path, ...] = ()
 
     def build(self, split: str, data_dir: str | None) -> Task:
         """The task, reading ``split`` of its dataset from ``data_dir``."""
@@ -954,6 +958,9 @@ class BuiltinTask:
         """The ``(dataset, file name)`` pairs that ``split`` reads."""
         return [] if self.dataset is None else [(self.dataset, f) for f in dataset_files(self.dataset, split)]
 
+
+ART_FEATURE_FILES = (ART_FEATURES_DIR / "config.json", ART_FEATURES_DIR / "model.safetensors")
+"""The shipped feature network that the Neural Art tasks read."""
 
 BUILTIN_TASKS: dict[str, BuiltinTask] = {
     task.name: task
@@ -1119,18 +1126,21 @@ BUILTIN_TASKS: dict[str, BuiltinTask] = {
             "Neural Art (paper 3.4): a 64x64 image styled as china.jpg, content a CIFAR-10 image, white-noise start",
             functools.partial(NeuralArtTask, size=64, style=TRAINING_STYLE),
             "cifar10-subset",
+            ART_FEATURE_FILES,
         ),
         BuiltinTask(
             "neural-art-128",
             "as neural-art-64 at 128x128 (the paper's test at a higher resolution)",
             functools.partial(NeuralArtTask, size=128, style=TRAINING_STYLE),
             "cifar10-subset",
+            ART_FEATURE_FILES,
         ),
         BuiltinTask(
             "neural-art-64-new-style",
             "as neural-art-64 with the style flower.jpg (the paper's test with a new style)",
             functools.partial(NeuralArtTask, size=64, style=NEW_STYLE),
             "cifar10-subset",
+            ART_FEATURE_FILES,
         ),
     )
 }
@@ -1155,6 +1165,12 @@ def task_data_files(name: str, split: str) -> list[tuple[str, str]]:
     """The ``(dataset, file name)`` pairs that built-in task ``name`` (or a comma-separated mixture) reads for
     ``split`` (empty for synthetic tasks), e.g. to key caches on the data's checksums."""
     return list(dict.fromkeys(f for part in _parts(name) for f in _builtin(part).data_files(split)))
+
+
+def task_package_files(name: str) -> list[Path]:
+    """The files of the package that built-in task ``name`` (or a mixture) reads besides its data (the feature
+    network of the Neural Art tasks): a retrained network changes the problems, so caches are keyed on these too."""
+    return list(dict.fromkeys(f for part in _parts(name) for f in _builtin(part).package_files))
 
 
 def get_task(name: str, *, split: str = "train", data_dir: str | None = None) -> Task:

@@ -17,7 +17,7 @@ import torch
 from ... import __version__
 from ..data import dataset_file
 from ..files import atomic_write_text, cache_root
-from ..tasks import task_data_files
+from ..tasks import task_data_files, task_package_files
 from .baselines import Baseline
 from .results import RunResult, json_floats
 
@@ -33,14 +33,22 @@ def default_baseline_cache_dir() -> Path:
 
 
 def builtin_task_id(name: str, split: str, data_dir: str | None) -> str:
-    """The cache identity of a built-in task: its name and, for datasets, the split and the sha256 of its files."""
+    """The cache identity of a built-in task: its name and, for datasets, the split and the sha256 of its files;
+    for a task that reads files of the package (the Neural Art feature network), their sha256 too."""
     files = task_data_files(name, split)
     if not files:
         return name
     digest = hashlib.sha256()
     for dataset, file_name in files:
         digest.update(dataset_file(dataset, file_name, data_dir).read_bytes())
-    return f"{name}|split={split}|{'+'.join(sorted({d for d, _ in files}))}-sha256={digest.hexdigest()}"
+    task_id = f"{name}|split={split}|{'+'.join(sorted({d for d, _ in files}))}-sha256={digest.hexdigest()}"
+    package_files = task_package_files(name)
+    if package_files:
+        package_digest = hashlib.sha256()
+        for path in package_files:
+            package_digest.update(path.read_bytes() if path.is_file() else b"missing")
+        task_id += f"|package-sha256={package_digest.hexdigest()}"
+    return task_id
 
 
 class BaselineCache:
