@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from learned_torch_optim import CoordinatewiseLSTM, LearnedOptimizer, WeightsError, list_pretrained, load_weights
 from learned_torch_optim import weights as weights_module
 from learned_torch_optim.network import MAX_HIDDEN_SIZE, REQUIRED_CONFIG
-from learned_torch_optim.weights import DEFAULT_WEIGHTS
+from learned_torch_optim.weights import DEFAULT_WEIGHTS, resolve_weights, weights_sha256
 
 
 @pytest.fixture
@@ -82,8 +82,11 @@ def test_config_with_an_option_this_version_does_not_know_is_refused_by_name(tmp
 
 def test_packaged_sets_in_the_repository_verify():
     for name in list_pretrained():
-        network = load_weights(name)
-        assert network.weights_identity.source == name
+        weights = resolve_weights(name)
+        assert weights.weights_identity.source == name
+        for network_name, network in getattr(weights, "networks", {}).items():
+            assert network.weights_identity.source == f"{name}/{network_name}"
+            assert weights_sha256(load_weights(f"{name}/{network_name}")) == weights_sha256(network)
 
 
 def test_packaged_weights_resolve_in_the_installed_layout(tmp_path):
@@ -195,9 +198,10 @@ def test_config_json_must_be_an_object_stating_the_required_options(tmp_path):
 
 def test_shipped_configs_state_the_required_options():
     root = weights_module.packaged_root()
-    for name in list_pretrained():
-        config = json.loads((root / name / "config.json").read_text())
-        assert set(REQUIRED_CONFIG) <= set(config)
+    configs = [path for name in list_pretrained() for path in (root / name).glob("**/config.json")]
+    assert len(configs) >= len(list_pretrained())
+    for path in configs:
+        assert set(REQUIRED_CONFIG) <= set(json.loads(path.read_text())), path
 
 
 @pytest.mark.parametrize("hidden_size", [2000, 10**12])
