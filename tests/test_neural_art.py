@@ -3,10 +3,12 @@ no test depends on the shipped feature weights or on scikit-learn."""
 
 import copy
 import dataclasses
+import importlib.util
 import io
 import json
 import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,6 +31,7 @@ from learned_torch_optim.meta.data import load_cifar10_jpeg
 from learned_torch_optim.meta.evaluation.cache import builtin_task_id
 from learned_torch_optim.meta.tasks import ART_FEATURE_FILES, BUILTIN_TASKS, NeuralArtTask, task_data_files
 
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
 TRAIN_LEVELS, TEST_LEVELS = range(0, 100, 5), range(150, 250, 10)
 """The grey levels of the fake CIFAR images: every image is one level, the two splits' levels apart."""
 
@@ -216,3 +219,26 @@ def test_moving_a_problem_to_a_device_leaves_the_tasks_feature_network_where_it_
     assert next(task.features.parameters()).device.type == "cpu" and moved.features.mean.device.type == "meta"
     after, fresh = task.problem(1), make_task(data_dir, features, style).problem(1)
     torch.testing.assert_close(after.loss(after.init_params(), None), fresh.loss(fresh.init_params(), None))
+
+
+def test_the_figure_tool_draws_an_evaluations_images(tmp_path, data_dir):
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    spec = importlib.util.spec_from_file_location("neural_art_figure", TOOLS / "neural_art_figure.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    results = {
+        "task": "neural-art-64",
+        "split": "test",
+        "steps": 2,
+        "problem_seeds": [5, 6, 7],
+        "weights": "l2l-paper-mnist",
+        "best_baseline": "adam",
+        "optimizers": {"adam": {"best_lr": 0.1}},
+    }
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    tool.main(["--results", str(tmp_path), "--images", "2", "--data-dir", data_dir, "--out", str(tmp_path / "a.png")])
+    assert (tmp_path / "a.png").read_bytes().startswith(b"\x89PNG")
+    (tmp_path / "results.json").write_text(json.dumps({**results, "task": "paper-cifar10"}))
+    with pytest.raises(SystemExit, match="'paper-cifar10' is not a Neural Art task"):
+        tool.main(["--results", str(tmp_path), "--out", str(tmp_path / "b.png")])
