@@ -285,7 +285,16 @@ class LearnedOptimizer(Optimizer):
                 f"{', '.join(weight_set.networks)}, chosen for each parameter by its name: pass "
                 "model.named_parameters() (not model.parameters()), or (name, parameter) pairs in a group's 'params'"
             )
-        for name, part in weight_set.split(params).items():
+        parts = weight_set.split(params)
+        if params and list(parts) == [weight_set.rule.fallback] and weight_set.rule.patterns:
+            rules = ", ".join(f"{pattern!r} -> {network}" for pattern, network in weight_set.rule.patterns)
+            warnings.warn(
+                f"weight set {weight_set.weights_identity.source!r}: no parameter name matches its rules ({rules}), "
+                f"so every parameter runs its fallback network {weight_set.rule.fallback!r}; name the parameters as "
+                "the rules expect, or give each group its network ('SET/NETWORK' for a packaged set)",
+                stacklevel=3,
+            )
+        for name, part in parts.items():
             self.add_param_group({**param_group, "params": part, "weights": weight_set.networks[name]})
 
     def __setstate__(self, state: dict[str, Any]) -> None:

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import time
+import warnings
 
 import pytest
 import torch
@@ -347,3 +348,13 @@ def test_one_network_starts_every_network_of_a_rule_and_a_set_needs_the_same_nam
         MetaTrainer(fine_tune_config(tmp_path / "set"), tmp_path / "run", task=tiny_task())
     with pytest.raises(ValueError, match="different configs"):
         MetaTrainer(fine_tune_config(tmp_path / "set", network_rule=["0.weight=conv", "fc"]), tmp_path / "run")
+
+
+def test_a_set_whose_rules_match_no_parameter_name_says_so():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2))  # names "0.weight", "0.bias": no rule matches them
+    weight_set = WeightSet(make_set().networks, NetworkRule((("conv*", "conv"),), "fc"))
+    with pytest.warns(UserWarning, match=r"no parameter name matches its rules \('conv\*' -> conv\).*'fc'"):
+        LearnedOptimizer(model.named_parameters(), weights=weight_set)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LearnedOptimizer(make_model().named_parameters(), weights=make_set())
