@@ -1,5 +1,6 @@
 """The Neural Art tasks (paper section 3.4): with a small random feature network and injected style images, so that
-no test depends on the shipped feature weights or on scikit-learn."""
+no test of the tasks depends on the shipped feature weights or on scikit-learn.  The figure tool's test runs the
+built-in task end to end (the shipped network, scikit-learn's styles), and is skipped without scikit-learn."""
 
 import copy
 import dataclasses
