@@ -49,6 +49,7 @@ import torch
 
 from learned_torch_optim import LearnedOptimizer, load_weights
 from learned_torch_optim.meta.evaluation import (
+    FINAL_FRACTION,
     HALF_DECADES,
     best_lr,
     descended,
@@ -98,7 +99,6 @@ PROTOCOLS: tuple[str, ...] = SCHEDULES
 WEIGHT_DECAYS = (1e-2, 1e-1)
 ADAM_DEFAULT_LR = 1e-3
 CURVE_POINTS = 100
-FINAL_FRACTION = 0.1
 
 
 def _digest(weights: str) -> str:

@@ -282,6 +282,21 @@ def test_fine_tuning_starts_from_the_given_weights_and_validates_at_its_own_hori
     assert resumed.iteration == 2 and resumed.config == tuned.config
 
 
+def test_validation_by_the_final_loss_scores_the_last_tenth_of_the_horizon(tmp_path, monkeypatch):
+    """``validation_metric="final"`` keeps the network whose log loss is lowest over the last 10% of the horizon
+    (the suite's final loss), ``"mean"`` the one lowest over the whole horizon."""
+    protocol = importlib.import_module("learned_torch_optim.meta.evaluation.protocol")
+    curve = torch.cat([torch.full((18,), math.e), torch.full((2,), 1.0)])  # log loss 1, then 0 over the last 10%
+    monkeypatch.setattr(protocol, "run_learned", lambda *args, **options: curve)
+    scores = {}
+    for metric in ("mean", "final"):
+        trainer = MetaTrainer(quick(horizon=20, validation_metric=metric), tmp_path / metric)
+        scores[metric] = trainer.validate()
+    assert scores["mean"] == pytest.approx(0.9) and scores["final"] == pytest.approx(0.0, abs=1e-6)
+    card = MetaTrainer(quick(validation_metric="final"), tmp_path / "card").recipe_markdown()
+    assert "best validation log loss (mean over its last 10%)" in card
+
+
 @pytest.mark.parametrize(
     "config",
     [

@@ -54,6 +54,7 @@ FINE_TUNING_CHANGES = ("momentum_decays", "step_timescales", *WEIGHTLESS_OPTIONS
 
 MetaLrSchedule = Literal["constant", "cosine"]
 MetaLoss = Literal["sum", "log"]
+ValidationMetric = Literal["mean", "final"]
 Initialisation = Literal["default", "forget_bias", "adam"]
 NetworkOptions = dict[str, Any]
 """Keyword arguments of :class:`CoordinatewiseLSTM`, i.e. (part of) the network's config, as in ``config.json``."""
@@ -271,6 +272,12 @@ class TrainConfig:
     )
     validation_horizon: int | None = setting(
         None, "optimizee steps per validation problem (None: --horizon)", card=None
+    )
+    validation_metric: ValidationMetric = setting(
+        "mean",
+        "what validation scores (and the best network is kept by): the mean over the horizon, or the final loss, "
+        "the mean over its last 10% (the suite's final loss); of the log loss with --meta-loss log",
+        card=None,
     )
     validate_every: int = setting(50, "iterations between validations", card=None)
     checkpoint_every: int = setting(10, "iterations between checkpoints", card=None, may_change_on_resume=True)
@@ -742,8 +749,9 @@ class MetaTrainer:
         return factors
 
     def validate(self) -> float:
-        """Mean loss (log loss with ``meta_loss="log"``) over the horizon on fixed held-out problems of the
-        training distribution, at the network's ``nominal_lr`` under the run's schedules in turn."""
+        """Mean loss (log loss with ``meta_loss="log"``) over the horizon, or over its last
+        :data:`~.evaluation.protocol.FINAL_FRACTION` with ``validation_metric="final"``, on fixed held-out problems
+        of the training distribution, at the network's ``nominal_lr`` under the run's schedules in turn."""
         from .evaluation import protocol
 
         seeds = [VALIDATION_SEED + i for i in range(self.config.validation_problems)]
@@ -758,6 +766,8 @@ class MetaTrainer:
         )
         if self.config.meta_loss == "log":
             curves = log_loss(curves)
+        if self.config.validation_metric == "final":
+            curves = curves[:, -max(1, int(horizon * protocol.FINAL_FRACTION)) :]
         metric = curves.mean().item()
         return metric if math.isfinite(metric) else math.inf
 
@@ -879,6 +889,7 @@ class MetaTrainer:
         best validation loss, the command and the validation history."""
         validation = [r for r in self.rows if "validation_loss" in r]
         log = "log " if self.config.meta_loss == "log" else ""
+        span = "mean over the horizon" if self.config.validation_metric == "mean" else "mean over its last 10%"
         lines = [
             "## Meta-training recipe",
             "",
@@ -897,7 +908,7 @@ class MetaTrainer:
                 lines.append(f"| {label} | {row(self)} |")
         lines += [
             f"| wall time | {self.elapsed / 60:.1f} min |",
-            f"| best validation {log}loss (mean over the horizon) | {self.best_metric:.5g} |",
+            f"| best validation {log}loss ({span}) | {self.best_metric:.5g} |",
             "",
         ]
         if self.config.command:

@@ -24,6 +24,7 @@ from .baselines import BASELINES, DEFAULT_BASELINES, LEARNED, Baseline
 from .cache import BaselineCache, default_baseline_cache_dir
 from .driver import evaluate
 from .protocol import (
+    FINAL_FRACTION,
     HALF_DECADES,
     best_lr,
     descended,
@@ -42,6 +43,7 @@ from .results import EvaluationResult, OptimizerResult, RunResult
 __all__ = [
     "BASELINES",
     "DEFAULT_BASELINES",
+    "FINAL_FRACTION",
     "HALF_DECADES",
     "LEARNED",
     "Baseline",

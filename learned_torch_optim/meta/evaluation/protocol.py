@@ -15,7 +15,8 @@ infinite, so it is never selected as the best.  The scores of a curve:
   ``evaluate`` ranks optimizers and learning rates by;
 - :func:`horizon_mean`: the same divided by ``T``, the mean loss over the horizon (the suite's "mean loss");
 - :func:`final_loss`: the loss at the last step;
-- :func:`tail_mean`: the mean loss over the last fraction of the steps (the suite's "final loss", the last 5%);
+- :func:`tail_mean`: the mean loss over the last fraction of the steps (the suite's "final loss": the last
+  :data:`FINAL_FRACTION`);
 - :func:`descended`: whether the tail mean is below the initial loss.
 
 Hand-designed optimizers get their learning rate tuned on :data:`HALF_DECADES` by :func:`best_lr`.
@@ -37,6 +38,7 @@ from ..tasks import Problem
 
 __all__ = [
     "EVALUATION_SEED",
+    "FINAL_FRACTION",
     "HALF_DECADES",
     "MAX_PROBLEMS",
     "OptimizerFactory",
@@ -61,6 +63,8 @@ EVALUATION_SEED = 2 * 10**9
 """Base of the evaluation problem seeds, disjoint from the trainer's validation seeds (``10**9 + i``)."""
 MAX_PROBLEMS = 10**6
 """Problems per seed: problem ``i`` of seed ``s`` is drawn from ``EVALUATION_SEED + s * MAX_PROBLEMS + i``."""
+FINAL_FRACTION = 0.1
+"""The fraction of the steps at the end of a run whose mean loss is its *final loss* (:func:`tail_mean`)."""
 
 
 def problem_seeds(seed: int, problems: int) -> list[int]:
