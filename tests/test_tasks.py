@@ -26,16 +26,20 @@ from learned_torch_optim.meta.tasks import (
     ModuleProblem,
     StackedModuleProblems,
     get_task,
+    mnist_conv_task,
+    mnist_mlp_task,
     task_data_files,
 )
 
 NEW_TASKS = [
     "mlp-tanh",
+    "mlp-tanh-512",
     "mlp-gelu",
     "mlp-relu-layernorm",
     "fashion-mnist-mlp",
     "logistic-regression",
     "mnist-conv",
+    "mnist-conv-512",
     "cifar-conv",
     "mnist1d-mlp",
     "char-rnn",
@@ -159,6 +163,16 @@ def test_task_shapes(data_dir):
             assert problem.init_params().numel() == size, name
     inputs, targets = get_task("char-rnn", data_dir=data_dir).problem(0).sample_batch()
     assert torch.equal(inputs[:, 1:], targets[:, :-1])
+
+
+@pytest.mark.parametrize("make_task", [mnist_mlp_task, mnist_conv_task])
+def test_a_task_on_its_first_examples_draws_only_those(make_task, data_dir):
+    images, _ = data.load_image_classification("mnist", "train", data_dir)
+    first = images[:5].reshape(5, -1)
+    problem = make_task(examples=5, data_dir=data_dir).problem(0)
+    drawn = torch.cat([problem.sample_batch()[0].reshape(-1, first.shape[1]) for _ in range(4)])
+    assert (drawn[:, None, :] == first[None]).all(dim=2).any(dim=1).all()
+    assert len(torch.unique(drawn, dim=0)) == 5
 
 
 def test_quadratic_ill_has_the_drawn_condition_number():

@@ -339,13 +339,15 @@ def mnist_mlp_task(
     dataset: str = "mnist",
     layernorm: bool = False,
     init_std: float | None = 0.01,
+    examples: int | None = None,
 ) -> ModuleTask:
     """The paper's MNIST MLP (section 3.2): hidden layers of sigmoid units, cross-entropy, minibatches of 128,
     weights and biases initialised N(0, 0.01^2) as in the original implementation, pixels in [0, 1].
 
     ``dataset`` may be any IDX dataset (``fashion-mnist``); ``layernorm`` puts a ``LayerNorm`` before each hidden
-    activation; ``init_std=None`` keeps PyTorch's default initialisation (seeded by the problem).  ``hidden=()``
-    is multinomial logistic regression."""
+    activation; ``init_std=None`` keeps PyTorch's default initialisation (seeded by the problem); ``examples=N``
+    trains on the first ``N`` images only, a set the model fits to zero loss.  ``hidden=()`` is multinomial
+    logistic regression."""
     images, labels = load_image_classification(dataset, split, data_dir)
     flat_images = images.reshape(len(images), -1)
 
@@ -361,7 +363,7 @@ def mnist_mlp_task(
         name,
         model_factory,
         nn.functional.cross_entropy,
-        _classification_sampler(flat_images, labels, batch_size),
+        _classification_sampler(flat_images, labels, batch_size, examples),
         vectorize=True,
     )
 
@@ -384,8 +386,11 @@ def _mlp(
 
 
 def _classification_sampler(
-    inputs: Tensor, labels: Tensor, batch_size: int
+    inputs: Tensor, labels: Tensor, batch_size: int, examples: int | None = None
 ) -> Callable[[torch.Generator], tuple[Tensor, Tensor]]:
+    """Minibatches drawn with replacement from the first ``examples`` pairs (all if ``None``)."""
+    inputs, labels = inputs[:examples], labels[:examples]
+
     def batch_sampler(generator: torch.Generator) -> tuple[Tensor, Tensor]:
         index = torch.randint(len(inputs), (batch_size,), generator=generator)
         return inputs[index], labels[index]
@@ -412,16 +417,18 @@ def mnist_conv_task(
     split: str = "train",
     data_dir: str | None = None,
     dataset: str = "mnist",
+    examples: int | None = None,
 ) -> ModuleTask:
     """A small conv net on an IDX dataset (28x28 grey images in [0, 1]): two stride-2 3x3 convolutions with ReLU,
-    then a linear layer; PyTorch's default initialisation, seeded by the problem; cross-entropy."""
+    then a linear layer; PyTorch's default initialisation, seeded by the problem; cross-entropy.  ``examples=N``
+    trains on the first ``N`` images only."""
     images, labels = load_image_classification(dataset, split, data_dir)
     inputs = images.unsqueeze(1)
     return ModuleTask(
         name,
         lambda generator: _seeded_default_init(lambda: _small_convnet(1, 28, channels), generator),
         nn.functional.cross_entropy,
-        _classification_sampler(inputs, labels, batch_size),
+        _classification_sampler(inputs, labels, batch_size, examples),
         vectorize=True,
     )
 
@@ -999,6 +1006,12 @@ BUILTIN_TASKS: dict[str, BuiltinTask] = {
             "mnist",
         ),
         BuiltinTask(
+            "mlp-tanh-512",
+            "as mlp-tanh on the first 512 images of the split: it fits them to zero loss (the end of training)",
+            functools.partial(mnist_mlp_task, hidden=(64,), activation=nn.Tanh, init_std=None, examples=512),
+            "mnist",
+        ),
+        BuiltinTask(
             "mlp-gelu",
             "MNIST MLP, two hidden layers of 32 GELU units, PyTorch default init, batch 128",
             functools.partial(mnist_mlp_task, hidden=(32, 32), activation=nn.GELU, init_std=None),
@@ -1026,6 +1039,12 @@ BUILTIN_TASKS: dict[str, BuiltinTask] = {
             "mnist-conv",
             "MNIST conv net: 3x3 stride-2 convs of 8 and 16 channels with ReLU, then linear; batch 64",
             mnist_conv_task,
+            "mnist",
+        ),
+        BuiltinTask(
+            "mnist-conv-512",
+            "as mnist-conv on the first 512 images of the split: it fits them to zero loss (the end of training)",
+            functools.partial(mnist_conv_task, examples=512),
             "mnist",
         ),
         BuiltinTask(
