@@ -300,6 +300,7 @@ MUST_KEEP_ON_RESUME = {  # for every setting --resume must keep, a value other t
     "seed": 1,
     "validation_problems": 3,
     "validation_horizon": 30,
+    "validation_metric": "final",
     "validate_every": 3,
     "network_config": {"preprocessing": "identity", "output_scale": 1.0, "hidden_size": 9},
 }
