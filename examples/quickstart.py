@@ -8,7 +8,7 @@ DIR/mnist/*-ubyte.gz.  The last 1,000 training images are held out: no optimizer
 Adam's lr.  The model is the paper's MNIST MLP (one hidden layer of 20 sigmoid units), trained with minibatches
 of 128 from the same initialisation on the same minibatches by
 
-- LearnedOptimizer with the packaged default weights at lr=1, untuned;
+- LearnedOptimizer with the packaged default weights at their default lr (the weights' ``nominal_lr``), untuned;
 - Adam at each lr of the half-decade grid 1e-4, 3.2e-4, ..., 1e-1: its default lr=1e-3, and the tuned Adam, the
   lr whose loss on the held-out images after the last step is lowest.
 
@@ -106,7 +106,9 @@ def main() -> None:
     print(f"model: MLP 784-20(sigmoid)-10; {args.steps} steps of minibatch {BATCH_SIZE}\n")
 
     model = make_model(args.seed)
-    learned = train(model, LearnedOptimizer(model.parameters(), weights=args.weights), splits, args.steps, args.seed)
+    learned_optimizer = LearnedOptimizer(model.parameters(), weights=args.weights)
+    learned_lr = learned_optimizer.param_groups[0]["lr"]
+    learned = train(model, learned_optimizer, splits, args.steps, args.seed)
     adam = {}
     for lr in ADAM_LR_GRID:
         model = make_model(args.seed)
@@ -122,7 +124,7 @@ def main() -> None:
         print("  (the best lr is at an end of the grid: a wider grid may find a better one)")
 
     runs = {
-        f"LearnedOptimizer ({args.weights}), lr 1": learned,
+        f"LearnedOptimizer ({args.weights}), lr {learned_lr:.2g}": learned,
         f"Adam, default lr {ADAM_DEFAULT_LR:.2g}": adam[ADAM_DEFAULT_LR],
         f"Adam, tuned lr {best_lr:.2g}": adam[best_lr],
     }

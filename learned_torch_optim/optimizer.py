@@ -175,11 +175,11 @@ class LearnedOptimizer(Optimizer):
         revision: branch, tag or commit when ``weights`` is a hub repo id.
         lr: the learning rate; the step is the network's update times ``lr / nominal_lr``, where ``nominal_lr``
             (in the weights' config) is the lr they were meta-trained at.  ``None`` (default) takes each group's
-            ``nominal_lr``: the update as trained.  Weights with ``nominal_lr = 1e-3`` take ``lr`` in Adam's units
-            (the ``lr`` given to Adam works as it is); for those with ``nominal_lr = 1`` (``l2l-general``, the
-            paper's) ``lr`` is a factor on the trained step.  An ``lr`` more than :data:`LR_RANGE` times away from
-            ``nominal_lr`` (other than 0) is refused at construction: it is meant in the other unit.  0.0 is an exact
-            no-op; LR schedulers act through ``group["lr"]``.
+            ``nominal_lr``: the update as trained.  Weights with ``nominal_lr = 1e-3`` (the default) take ``lr`` in
+            Adam's units (the ``lr`` given to Adam works as it is); for those with ``nominal_lr = 1``
+            (``l2l-general``, the paper's) ``lr`` is a factor on the trained step.  An ``lr`` more than
+            :data:`LR_RANGE` times away from ``nominal_lr`` (other than 0) is refused at construction: it is meant
+            in the other unit.  0.0 is an exact no-op; LR schedulers act through ``group["lr"]``.
         weight_decay: decoupled weight decay, ``theta *= 1 - lr * weight_decay`` every step.
         maximize: maximize the objective instead of minimizing it.
         implementation: how a step is computed; every choice computes the same function (to fp32 rounding).

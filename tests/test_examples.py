@@ -46,7 +46,7 @@ def test_quickstart_tunes_adam_on_the_shipped_data_and_prints_a_table_and_a_plot
     assert expected in result.stdout
     grid = "    0.0001   0.00032     0.001    0.0032      0.01     0.032       0.1"
     assert grid in result.stdout and "7 runs" in result.stdout
-    for row in ("LearnedOptimizer (default), lr 1", "Adam, default lr 0.001", "Adam, tuned lr"):
+    for row in ("LearnedOptimizer (default), lr 0.001", "Adam, default lr 0.001", "Adam, tuned lr"):
         assert row in result.stdout
     assert (tmp_path / "plot.png").stat().st_size > 0
 

@@ -22,7 +22,7 @@ from learned_torch_optim.optimizer import learned_step
 
 CPU = torch.device("cpu")
 PAPER = dict(hidden_size=20, num_layers=2, preprocessing="log_sign")
-DEFAULT_FORM = dict(  # the options of the default weights (l2l-general), smaller
+DEFAULT_FORM = dict(  # the options of the generalists (l2l-general, -v2), smaller
     hidden_size=6,
     num_layers=1,
     preprocessing="adam_normalized",

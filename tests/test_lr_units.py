@@ -92,12 +92,28 @@ def _quickstart():
 
 def test_the_literal_swap_from_adam_on_the_quickstart_mlp():
     """``LearnedOptimizer(params, lr=1e-3)``, the lr given to Adam, on the quick start's MLP: the default weights
-    (``l2l-general``, ``nominal_lr = 1``: lr is a factor on the trained step) refuse it at construction, naming lr
-    and the lr to use, instead of training 1,000 times slower than meta-trained."""
+    (``l2l-general-v2``, ``nominal_lr = 1e-3``) train to within 10% of the final loss they reach at their default
+    ``lr``, and well below the start."""
+    quickstart = _quickstart()
+    _, splits = quickstart.load_data(None)
+    assert load_weights("default").nominal_lr == 1e-3
+    runs = {}
+    for lr in (None, 1e-3):
+        model = quickstart.make_model(0)
+        options = {} if lr is None else {"lr": lr}
+        runs[lr] = quickstart.train(model, LearnedOptimizer(model.parameters(), **options), splits, 100, 0)
+    at_default, swapped = runs[None]["train loss"], runs[1e-3]["train loss"]
+    assert swapped <= 1.1 * at_default
+    assert swapped < 0.5 * runs[1e-3]["losses"][0]
+
+
+def test_lr_of_adam_is_refused_by_weights_whose_lr_is_a_factor():
+    """``l2l-general`` (``nominal_lr = 1``: lr is a factor on the trained step) refuses ``lr=1e-3`` at construction,
+    naming lr and the lr to use, instead of training 1,000 times slower than meta-trained."""
     model = _quickstart().make_model(0)
-    assert load_weights("default").nominal_lr == 1.0
+    assert load_weights("l2l-general").nominal_lr == 1.0
     with pytest.raises(ValueError, match=r"lr=0.001 \(parameter group 0\) is 0.001 times .*Leave lr out to use 1"):
-        LearnedOptimizer(model.parameters(), lr=1e-3)
+        LearnedOptimizer(model.parameters(), weights="l2l-general", lr=1e-3)
 
 
 @pytest.mark.parametrize("copy_optimizer", [copy.deepcopy, lambda optimizer: pickle.loads(pickle.dumps(optimizer))])
