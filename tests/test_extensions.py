@@ -10,7 +10,7 @@ import torch
 
 from learned_torch_optim import CoordinatewiseLSTM, LearnedOptimizer
 from learned_torch_optim.meta.tasks import MixtureTask, QuadraticTask, RescaledProblem, get_task
-from learned_torch_optim.meta.trainer import MetaTrainer, TrainConfig, initialise_as_adam_
+from learned_torch_optim.meta.trainer import VALIDATION_SEED, MetaTrainer, TrainConfig, initialise_as_adam_
 from learned_torch_optim.meta.widen import widen
 
 RICH = dict(
@@ -295,6 +295,22 @@ def test_validation_by_the_final_loss_scores_the_last_tenth_of_the_horizon(tmp_p
     assert scores["mean"] == pytest.approx(0.9) and scores["final"] == pytest.approx(0.0, abs=1e-6)
     card = MetaTrainer(quick(validation_metric="final"), tmp_path / "card").recipe_markdown()
     assert "best validation log loss (mean over its last 10%)" in card
+
+
+def test_validation_per_family_takes_the_families_of_a_mixture_in_turn(tmp_path):
+    mixture = "quadratic,quadratic-ill,rosenbrock"
+    families = [t.name for t in get_task(mixture).tasks]
+    by_seed = MetaTrainer(quick(task=mixture, validation_problems=6), tmp_path / "seed")
+    per_family = MetaTrainer(quick(task=mixture, validation_problems=6, validation_per_family=True), tmp_path / "fam")
+    drawn = [by_seed.task.family(VALIDATION_SEED + i).name for i in range(6)]
+    assert drawn != families * 2  # the seeds alone do not take the families in turn
+    for i in range(6):
+        expected = get_task(families[i % 3]).problem(VALIDATION_SEED + i)
+        assert torch.equal(per_family.validation_problem(i).init_params(), expected.init_params())
+        assert torch.equal(
+            by_seed.validation_problem(i).init_params(), by_seed.task.problem(VALIDATION_SEED + i).init_params()
+        )
+    assert "6, 10 steps each, families in turn" in per_family.recipe_markdown()
 
 
 @pytest.mark.parametrize(

@@ -276,7 +276,7 @@ def test_train_flags_are_the_settings_and_network_options_with_their_defaults(ca
         cli_main(["train", "--help"])
     shown = capsys.readouterr().out
     named = [name for name in [*SETTINGS, *NETWORK_OPTIONS] if name not in ("network_config", "command")]
-    assert all(f" {flag} " in shown for flag in ("--" + name.replace("_", "-") for name in named))
+    assert all(re.search(rf"\s{flag}\s", shown) for flag in ("--" + name.replace("_", "-") for name in named))
 
 
 MUST_KEEP_ON_RESUME = {  # for every setting --resume must keep, a value other than quick_config's
@@ -301,6 +301,7 @@ MUST_KEEP_ON_RESUME = {  # for every setting --resume must keep, a value other t
     "validation_problems": 3,
     "validation_horizon": 30,
     "validation_metric": "final",
+    "validation_per_family": True,
     "validate_every": 3,
     "network_config": {"preprocessing": "identity", "output_scale": 1.0, "hidden_size": 9},
 }

@@ -26,7 +26,7 @@ from ..weights import resolve_weights
 from .bptt import SetStep, log_loss, unroll
 from .files import atomic_write, atomic_write_text, file_mode, temporaries
 from .schedules import SCHEDULES, lr_factors
-from .tasks import NETWORK_RULES, TASK_DESCRIPTIONS, Problem, RescaledProblem, Task, get_task
+from .tasks import NETWORK_RULES, TASK_DESCRIPTIONS, MixtureTask, Problem, RescaledProblem, Task, get_task
 from .widen import widen
 
 CHECKPOINT = "checkpoint.pt"
@@ -268,7 +268,19 @@ class TrainConfig:
     validation_problems: int = setting(
         10,
         "fixed held-out problems of the training distribution at each validation",
-        card=("validation problems", lambda t: f"{t.config.validation_problems}, {t.validation_horizon} steps each"),
+        card=(
+            "validation problems",
+            lambda t: (
+                f"{t.config.validation_problems}, {t.validation_horizon} steps each"
+                + (", families in turn" if t.config.validation_per_family else "")
+            ),
+        ),
+    )
+    validation_per_family: bool = setting(
+        False,
+        "with a mixture, validation problem i comes from family i mod F (one per family with --validation-problems "
+        "F) instead of the family its seed picks",
+        card=None,
     )
     validation_horizon: int | None = setting(
         None, "optimizee steps per validation problem (None: --horizon)", card=None
@@ -748,14 +760,21 @@ class MetaTrainer:
             factors = factors * math.exp((2 * torch.rand((), generator=self.generator).item() - 1) * log_range)
         return factors
 
+    def validation_problem(self, index: int) -> Problem:
+        """Validation problem ``index``: seed ``VALIDATION_SEED + index``, from the family of a mixture that
+        the seed picks, or with ``validation_per_family`` from family ``index`` mod the number of families."""
+        seed = VALIDATION_SEED + index
+        if self.config.validation_per_family and isinstance(self.task, MixtureTask):
+            return self.task.tasks[index % len(self.task.tasks)].problem(seed)
+        return self.task.problem(seed)
+
     def validate(self) -> float:
         """Mean loss (log loss with ``meta_loss="log"``) over the horizon, or over its last
         :data:`~.evaluation.protocol.FINAL_FRACTION` with ``validation_metric="final"``, on fixed held-out problems
         of the training distribution, at the network's ``nominal_lr`` under the run's schedules in turn."""
         from .evaluation import protocol
 
-        seeds = [VALIDATION_SEED + i for i in range(self.config.validation_problems)]
-        problems = [self.task.problem(seed).to(self.device) for seed in seeds]
+        problems = [self.validation_problem(i).to(self.device) for i in range(self.config.validation_problems)]
         horizon = self.validation_horizon
         schedules = self.config.lr_schedules or ["constant"]
         curves = torch.stack(
