@@ -786,7 +786,7 @@ class MetaTrainer:
         if self.config.meta_loss == "log":
             curves = log_loss(curves)
         if self.config.validation_metric == "final":
-            curves = curves[:, -max(1, int(horizon * protocol.FINAL_FRACTION)) :]
+            curves = protocol.tail_mean(curves, protocol.FINAL_FRACTION)
         metric = curves.mean().item()
         return metric if math.isfinite(metric) else math.inf
 
