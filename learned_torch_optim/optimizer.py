@@ -68,12 +68,14 @@ def learned_step(
     lr: float | Tensor,
     weight_decay: float,
     maximize: bool,
+    lr_ratio: float = 1.0,
 ) -> bool:
     """Apply ``theta <- theta * (1 - lr * weight_decay) + lr * m(g)`` to tensors of one device and dtype.
 
     The reference implementation: all coordinates of ``params`` go through one call of ``network`` in fp32 (the
-    state may be stored in any floating dtype).  A coordinate whose gradient is NaN or infinite keeps its parameter
-    and state unchanged.  Returns whether every gradient was finite.
+    state may be stored in any floating dtype), with ``lr_ratio`` its input ``rho_t`` if it has one.  A coordinate
+    whose gradient is NaN or infinite keeps its parameter and state unchanged.  Returns whether every gradient was
+    finite.
     """
     real_params = [_real(p) for p in params]
     numels = [p.numel() for p in real_params]
@@ -86,7 +88,7 @@ def learned_step(
     if not all_finite:
         grad = torch.where(finite, grad, 0.0)
 
-    update, new_state = network(grad, state.float())
+    update, new_state = network(grad, state.float(), lr_ratio)
     theta = torch.cat([p.reshape(-1) for p in real_params]).float()
     new_theta = theta.mul(1 - lr * weight_decay) if weight_decay else theta.clone()
     new_theta.add_(update * lr)
@@ -130,6 +132,14 @@ def choose_implementation(implementation: str, device: torch.device, network: Co
     if implementation == "fused" or (implementation == "auto" and device.type != "cuda"):
         return "compiled"
     return "blocked"
+
+
+def _lr_ratio(group: dict[str, Any]) -> float:
+    """``rho_t``, the input of networks with ``lr_ratio_input``: the group's lr over the largest it has had, which
+    the group keeps as ``"peak_lr"`` (so a checkpoint resumes it).  1 at a constant or rising lr (or lr 0)."""
+    lr = float(group["lr"])
+    group["peak_lr"] = peak = max(float(group.get("peak_lr", lr)), lr)
+    return lr / peak if peak > 0 else 1.0
 
 
 LR_RANGE = 30.0
@@ -383,6 +393,7 @@ class LearnedOptimizer(Optimizer):
                     lr=group["lr"] / network.nominal_lr,
                     weight_decay=group["weight_decay"] * network.nominal_lr,
                     maximize=group["maximize"],
+                    lr_ratio=_lr_ratio(group) if network.lr_ratio_input else 1.0,
                 )
                 chosen = choose_implementation(self.implementation, device, network)
                 if chosen == "reference":

@@ -321,6 +321,7 @@ def test_validation_per_family_takes_the_families_of_a_mixture_in_turn(tmp_path)
         {"num_layers": 0, "preprocessing": "identity"},
         {"momentum_decays": [0.9], "step_timescales": [10.0], "readout_skip": True},
         {**RICH, "momentum_decays": [0.9, 0.1234567, 0.12345671], "step_timescales": [1e6, 1000001.0]},
+        {**RICH, "lr_ratio_input": True},
     ],
 )
 def test_widened_network_computes_the_same_updates_until_trained(config):
@@ -329,17 +330,38 @@ def test_widened_network_computes_the_same_updates_until_trained(config):
     with torch.no_grad():
         for param in narrow.parameters():
             param.normal_(0, 0.3)
-    wide = widen(narrow, momentum_decays=[0.9, 0.999], step_timescales=[1000.0, 10000.0])
-    assert set(narrow.input_names) < set(wide.input_names)
+    wide = widen(narrow, momentum_decays=[0.9, 0.999], step_timescales=[1000.0, 10000.0], lr_ratio_input=True)
+    assert set(narrow.input_names) < set(wide.input_names) and wide.input_names[-1] == "lr_ratio"
     narrow_state, wide_state = narrow.initial_state(40), wide.initial_state(40)
-    for _ in range(20):
-        grad = torch.randn(40) * 0.1
-        narrow_update, narrow_state = narrow(grad, narrow_state)
-        wide_update, wide_state = wide(grad, wide_state)
+    for step in range(20):
+        grad, lr_ratio = torch.randn(40) * 0.1, 1 - step / 20
+        narrow_update, narrow_state = narrow(grad, narrow_state, lr_ratio)
+        wide_update, wide_state = wide(grad, wide_state, lr_ratio)
         torch.testing.assert_close(wide_update, narrow_update, rtol=1e-5, atol=1e-8)
     with torch.no_grad():
         wide.readout.weight[:, -1] = 1.0
     assert not torch.equal(wide(grad, wide_state)[0], narrow(grad, narrow_state)[0])
+
+
+def test_lr_ratio_input_sees_the_schedule_over_its_largest_factor_so_far(monkeypatch):
+    import learned_torch_optim.meta.trainer as trainer_module
+
+    seen = []
+
+    def recording_unroll(*args, lr_ratios=None, **kwargs):
+        seen.append(lr_ratios)
+        return unroll(*args, lr_ratios=lr_ratios, **kwargs)
+
+    unroll = trainer_module.unroll
+    monkeypatch.setattr(trainer_module, "unroll", recording_unroll)
+    network = CoordinatewiseLSTM(**RICH, lr_ratio_input=True)
+    factors = torch.tensor([0.5, 1.0, 2.0, 1.0, 0.5, 4.0])
+    problem = QuadraticTask(dims=3).problem(0)
+    trainer_module.meta_iteration(
+        network, torch.optim.Adam(network.parameters()), problem, horizon=6, unroll_length=3, lr_factors=factors
+    )
+    torch.testing.assert_close(torch.cat(seen), torch.tensor([1.0, 1.0, 1.0, 0.5, 0.25, 1.0]))
+    assert network.cells[0].weight_ih.grad[:, -1].abs().sum() > 0  # the input's weights are meta-trained
 
 
 def test_fine_tuning_can_add_inputs(tmp_path):

@@ -82,6 +82,29 @@ def test_a_scheduler_may_take_lr_anywhere_after_construction():
     optimizer.step()
 
 
+@pytest.mark.parametrize("implementation", ["reference", "fused", "blocked"])
+def test_an_lr_ratio_network_sees_lr_over_the_largest_lr_so_far(implementation):
+    torch.manual_seed(0)
+    network = CoordinatewiseLSTM(**{**load_weights("l2l-general-v2").config, "lr_ratio_input": True})
+    factors = [0.2, 1.0, 0.5, 0.25, 2.0, 1.0]  # rho: 1, 1, 0.5, 0.25, 1, 0.5
+    grads = torch.randn(len(factors), 30)
+    param = torch.nn.Parameter(torch.randn(30))
+    expected, state = param.detach().clone(), network.initial_state(30)
+    optimizer = LearnedOptimizer([param], weights=network, implementation=implementation)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: factors[min(step, 5)])
+    peak = 0.0
+    for factor, grad in zip(factors, grads):
+        peak = max(peak, factor)
+        with torch.no_grad():
+            update, state = network(grad, state, factor / peak)
+        expected += factor * update
+        param.grad = grad.clone()
+        optimizer.step()
+        scheduler.step()
+    torch.testing.assert_close(param.detach(), expected, rtol=1e-5, atol=1e-7)
+    assert optimizer.state_dict()["param_groups"][0]["peak_lr"] == pytest.approx(2e-3)  # a checkpoint resumes it
+
+
 def _quickstart():
     path = Path(__file__).resolve().parents[1] / "examples" / "quickstart.py"
     spec = importlib.util.spec_from_file_location("quickstart", path)

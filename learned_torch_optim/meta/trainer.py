@@ -49,7 +49,7 @@ CHECKPOINT_KEYS = (
 VALIDATION_SEED = 10**9
 WEIGHTLESS_OPTIONS = ("update_clip", "gradient_rms_clip", "nominal_lr")
 """Network options that fine-tuning can set to any value: step bounds and the lr's unit, which add no weights."""
-FINE_TUNING_CHANGES = ("momentum_decays", "step_timescales", *WEIGHTLESS_OPTIONS)
+FINE_TUNING_CHANGES = ("momentum_decays", "step_timescales", "lr_ratio_input", *WEIGHTLESS_OPTIONS)
 """The network options that fine-tuning (``TrainConfig.init_from``) may change in the starting weights' config."""
 
 MetaLrSchedule = Literal["constant", "cosine"]
@@ -159,17 +159,17 @@ class TrainConfig:
     init_from: str | None = setting(
         None,
         "start from these weights (packaged name, directory or hub repo id) and their network config, to which "
-        "--momentum-decays and --step-timescales can add inputs (zero weights at first), --update-clip and "
-        "--gradient-rms-clip can set step bounds and --nominal-lr the lr's unit; leave the other network flags at "
-        "their defaults. With --network-rule, one network starts every network of the rule, and a weight set "
-        "(whose networks the rule must name) starts each from its network of the same name",
+        "--momentum-decays, --step-timescales and --lr-ratio-input can add inputs (zero weights at first), "
+        "--update-clip and --gradient-rms-clip can set step bounds and --nominal-lr the lr's unit; leave the other "
+        "network flags at their defaults. With --network-rule, one network starts every network of the rule, and a "
+        "weight set (whose networks the rule must name) starts each from its network of the same name",
         card=None,
         stored_as="init_weights",
         metavar="WEIGHTS",
     )
     """Fine-tuning: ``network_config`` then holds changes to the weights' config, which may only add
-    ``momentum_decays`` or ``step_timescales`` (:func:`~.widen.widen`) or set the weightless options
-    ``update_clip``, ``gradient_rms_clip`` and ``nominal_lr``.  The weights are validated before the first
+    ``momentum_decays``, ``step_timescales`` or the ``lr_ratio_input`` (:func:`~.widen.widen`) or set the weightless
+    options ``update_clip``, ``gradient_rms_clip`` and ``nominal_lr``.  The weights are validated before the first
     iteration and stay the result unless a later validation beats them; resuming checks that the weights are still
     those the run started from.  With a ``network_rule``, one network starts every network of the run; a weight set
     starts each from its network of the same name (the rule must name the set's networks, which must share one
@@ -423,7 +423,8 @@ def meta_iteration(
 
     With ``average_across_processes`` (``torch.distributed`` initialised) the meta-gradients and the returned loss
     are averaged over the processes, each of which brings its own problems.  A meta-gradient that is not finite is
-    skipped rather than applied.  ``lr_factors`` (one per step of the horizon) scale the updates (see ``unroll``).
+    skipped rather than applied.  ``lr_factors`` (one per step of the horizon) scale the updates, and give networks
+    with ``lr_ratio_input`` their ``rho_t`` as the optimizer does (see ``unroll``).
     The networks of a weight set each run the coordinates its rule gives them (:class:`~.bptt.SetStep`); one that
     runs none of the problem's gets no meta-gradient (zero, where averaged across processes).
     """
@@ -431,10 +432,12 @@ def meta_iteration(
     step = SetStep(network, problem) if isinstance(network, WeightSet) else network
     state = step.initial_state(params.numel(), device=params.device)
     losses = []
+    lr_ratios = None if lr_factors is None else lr_factors / torch.cummax(lr_factors, dim=0).values
     for truncation in range(horizon // unroll_length):
-        factors = lr_factors
+        factors = ratios = None
         if lr_factors is not None:
-            factors = lr_factors[truncation * unroll_length : (truncation + 1) * unroll_length].to(params.device)
+            steps = slice(truncation * unroll_length, (truncation + 1) * unroll_length)
+            factors, ratios = lr_factors[steps].to(params.device), lr_ratios[steps].to(params.device)
         result = unroll(
             step,
             problem,
@@ -445,6 +448,7 @@ def meta_iteration(
             log_losses=log_losses,
             second_derivatives=second_derivatives,
             lr_factors=factors,
+            lr_ratios=ratios,
         )
         meta_optimizer.zero_grad()
         (result.meta_loss / problem.num_problems).backward()
@@ -582,6 +586,7 @@ class MetaTrainer:
                 start,
                 momentum_decays=wanted.get("momentum_decays", ()),
                 step_timescales=wanted.get("step_timescales", ()),
+                lr_ratio_input=wanted.get("lr_ratio_input", False),
             )
             unbounded = dict.fromkeys(WEIGHTLESS_OPTIONS)
             if {**widened.config, **unbounded} != {**wanted, **unbounded}:

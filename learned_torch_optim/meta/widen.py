@@ -10,21 +10,32 @@ from ..network import CoordinatewiseLSTM
 
 
 def widen(
-    network: CoordinatewiseLSTM, *, momentum_decays: Sequence[float] = (), step_timescales: Sequence[float] = ()
+    network: CoordinatewiseLSTM,
+    *,
+    momentum_decays: Sequence[float] = (),
+    step_timescales: Sequence[float] = (),
+    lr_ratio_input: bool = False,
 ) -> CoordinatewiseLSTM:
-    """A copy of ``network`` with more inputs: the given momentum decays and step timescales added to its own.
-    Their weights start at zero, so the copy computes the same updates as ``network`` (to fp32 rounding: its matrix
-    products are longer) until it is trained; for fine-tuning trained weights with inputs they lack, e.g. step counts
-    on longer timescales."""
+    """A copy of ``network`` with more inputs: the given momentum decays and step timescales added to its own, and
+    the lr ratio ``rho_t`` with ``lr_ratio_input``.  Their weights start at zero, so the copy computes the same
+    updates as ``network`` (to fp32 rounding: its matrix products are longer) until it is trained; for fine-tuning
+    trained weights with inputs they lack, e.g. step counts on longer timescales."""
     momentum_decays = (*network.momentum_decays, *(b for b in momentum_decays if b not in network.momentum_decays))
     step_timescales = (*network.step_timescales, *(t for t in step_timescales if t not in network.step_timescales))
     wide = CoordinatewiseLSTM(
-        **{**network.config, "momentum_decays": momentum_decays, "step_timescales": step_timescales}
+        **{
+            **network.config,
+            "momentum_decays": momentum_decays,
+            "step_timescales": step_timescales,
+            "lr_ratio_input": network.lr_ratio_input or lr_ratio_input,
+        }
     )
     gradient_inputs = network.inputs_per_value * (1 + len(network.momentum_decays))
-    columns = [*range(gradient_inputs)] + [
-        network.inputs_per_value * (1 + len(wide.momentum_decays)) + k for k in range(len(network.step_timescales))
-    ]
+    columns = (
+        [*range(gradient_inputs)]
+        + [network.inputs_per_value * (1 + len(wide.momentum_decays)) + k for k in range(len(network.step_timescales))]
+        + [wide.num_inputs - 1] * network.lr_ratio_input
+    )
     hidden = network.hidden_size if network.num_layers else 0
     with torch.no_grad():
         for param in wide.parameters():
