@@ -16,12 +16,13 @@ a magnitude-direction form.  With ``t`` the coordinate's step count and ``beta2 
 
     m_beta,t  = beta m_beta,t-1 + (1 - beta) g_t,   mhat = m_beta,t / (1 - beta^t)    # momentum_decays
     v_t       = beta2 v_t-1 + (1 - beta2) g_t^2,    vhat = v_t / (1 - beta2^t)        # "adam_normalized"
-    x_t       = [pre(g_t), pre(mhat_beta) for each beta, tanh(t / tau) for each tau in step_timescales, rho_t]
+    x_t       = [pre(g_t), pre(mhat_beta) for each beta, tanh(t / tau) for each tau in step_timescales, delta_t]
 
 where ``pre`` is the log/sign preprocessing, the identity, or ``z / (sqrt(vhat) + 1e-8)`` (``"adam_normalized"``,
-Adam's normalisation, which makes the inputs invariant to the gradient's scale).  With ``lr_ratio_input`` the last
-input is ``rho_t = lr_t / max_{k <= t} lr_k``, the same for every coordinate: 1 at a constant or rising lr, below 1
-once a schedule decays it, whatever the lr's scale (so the network can tell where a schedule is; VeLO and Celo2 give
+Adam's normalisation, which makes the inputs invariant to the gradient's scale).  With ``lr_decay_input`` the last
+input is ``delta_t = 1 - lr_t / max_{k <= t} lr_k``, how far a schedule has decayed the lr, the same for every
+coordinate: 0 at a constant or rising lr (so the input changes nothing there), towards 1 as a schedule decays it,
+whatever the lr's scale (so the network can tell where a schedule is; VeLO and Celo2 give
 theirs the fraction of training done, which a ``torch.optim`` optimizer does not know).  With ``readout_skip`` the
 read-out sees ``[o_t, x_t]``; with ``output="direction_magnitude"`` it gives two numbers ``d, r`` and
 ``u_t = output_scale * d * exp(magnitude_scale * r)`` (Wichrowska et al. 2017; Metz et al. 2020).  With
@@ -204,8 +205,8 @@ class NetworkConfig:
         "times lr / nominal_lr (1.0: lr is a factor on the trained step; 1e-3: lr in Adam's units)",
         POSITIVE,
     )
-    lr_ratio_input: bool = option(
-        False, "an input lr / the largest lr of the run so far, the schedule's decay (not in the paper)", SWITCH
+    lr_decay_input: bool = option(
+        False, "an input 1 - lr / the largest lr of the run so far, the schedule's decay (not in the paper)", SWITCH
     )
 
     def __post_init__(self) -> None:
@@ -299,7 +300,7 @@ class CoordinatewiseLSTM(
             )
         self.options = NetworkConfig(*args, **options)
         self.num_inputs = (
-            self.inputs_per_value * (1 + len(self.momentum_decays)) + len(self.step_timescales) + self.lr_ratio_input
+            self.inputs_per_value * (1 + len(self.momentum_decays)) + len(self.step_timescales) + self.lr_decay_input
         )
         self.cells = nn.ModuleList(
             nn.LSTMCell(self.num_inputs if layer == 0 else self.hidden_size, self.hidden_size)
@@ -328,7 +329,7 @@ class CoordinatewiseLSTM(
             self.preprocessing in ("log_sign", "identity")
             and not self.accumulator_size
             and not self.step_timescales
-            and not self.lr_ratio_input
+            and not self.lr_decay_input
             and not self.readout_skip
             and self.output == "additive"
             and self.update_clip is None
@@ -354,12 +355,12 @@ class CoordinatewiseLSTM(
 
     @property
     def input_names(self) -> list[str]:
-        """One name per network input, in order (``g``, ``m0.9``, ``t100``, ``lr_ratio``; log/sign pairs get
+        """One name per network input, in order (``g``, ``m0.9``, ``t100``, ``lr_decay``; log/sign pairs get
         ``.log``/``.sign``)."""
         values = ["g", *(f"m{beta:g}" for beta in self.momentum_decays)]
         if self.preprocessing == "log_sign":
             values = [f"{name}.{part}" for name in values for part in ("log", "sign")]
-        return values + [f"t{tau:g}" for tau in self.step_timescales] + ["lr_ratio"] * self.lr_ratio_input
+        return values + [f"t{tau:g}" for tau in self.step_timescales] + ["lr_decay"] * self.lr_decay_input
 
     def initial_state(
         self, n: int, *, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
@@ -384,11 +385,11 @@ class CoordinatewiseLSTM(
         return torch.where(previous_second_moment > 0, torch.maximum(torch.minimum(grad, bound), -bound), grad)
 
     def features(
-        self, grad: Tensor, accumulators: Tensor | None = None, lr_ratio: float | Tensor = 1.0
+        self, grad: Tensor, accumulators: Tensor | None = None, lr_decay: float | Tensor = 0.0
     ) -> tuple[Tensor, Tensor]:
         """The network's inputs for gradients ``grad`` of shape ``(n,)`` and the coordinates' accumulators (the
         tail of their state, shape ``(n, accumulator_size)``; ``None``: a first step): ``(inputs of shape
-        (n, num_inputs), new accumulators)``.  ``lr_ratio`` is ``rho_t``, the input of ``lr_ratio_input`` (unused
+        (n, num_inputs), new accumulators)``.  ``lr_decay`` is ``delta_t``, the input of ``lr_decay_input`` (unused
         without it)."""
         if accumulators is None:
             accumulators = grad.new_zeros(grad.shape[0], self.accumulator_size)
@@ -396,12 +397,12 @@ class CoordinatewiseLSTM(
             x = self._preprocess(grad.unsqueeze(-1), None)
         else:
             x, accumulators = self._gradient_features(grad, accumulators)
-        if self.lr_ratio_input:
-            x = torch.cat((x, torch.as_tensor(lr_ratio, dtype=x.dtype, device=x.device).expand(x.shape[0], 1)), dim=1)
+        if self.lr_decay_input:
+            x = torch.cat((x, torch.as_tensor(lr_decay, dtype=x.dtype, device=x.device).expand(x.shape[0], 1)), dim=1)
         return x, accumulators
 
     def _gradient_features(self, grad: Tensor, accumulators: Tensor) -> tuple[Tensor, Tensor]:
-        """:meth:`features` of a network with accumulators, but ``rho_t``."""
+        """:meth:`features` of a network with accumulators, but ``delta_t``."""
         step = accumulators[:, -1] + 1
         if self.gradient_rms_clip is not None:
             grad = self._clip_to_rms(grad, accumulators[:, len(self.momentum_decays)], step)
@@ -422,20 +423,20 @@ class CoordinatewiseLSTM(
             x = torch.cat((x, torch.tanh(step.unsqueeze(-1) / timescales)), dim=1)
         return x, torch.stack((*new, step), dim=-1)
 
-    def forward(self, grad: Tensor, state: Tensor, lr_ratio: float | Tensor = 1.0) -> tuple[Tensor, Tensor]:
+    def forward(self, grad: Tensor, state: Tensor, lr_decay: float | Tensor = 0.0) -> tuple[Tensor, Tensor]:
         """One step of the rule for ``n`` coordinates.
 
         Args:
             grad: gradients, shape ``(n,)``.
             state: per-coordinate state, shape ``(n, state_size)``.
-            lr_ratio: ``rho_t``, the lr over the largest lr of the run so far, for a network with
-                ``lr_ratio_input`` (others ignore it).
+            lr_decay: ``delta_t``, 1 - the lr over the largest lr of the run so far, for a network with
+                ``lr_decay_input`` (others ignore it).
 
         Returns:
             ``(update, new_state)``: the additive updates ``u_t``, shape ``(n,)``, and the new state.
         """
         lstm_state, accumulators = state.split((self.lstm_state_size, self.accumulator_size), dim=1)
-        inputs, accumulators = self.features(grad, accumulators, lr_ratio)
+        inputs, accumulators = self.features(grad, accumulators, lr_decay)
         x, new_state = inputs, []
         for layer, cell in enumerate(self.cells):
             h, c = lstm_state[:, 2 * layer * self.hidden_size : (2 * layer + 2) * self.hidden_size].chunk(2, dim=1)

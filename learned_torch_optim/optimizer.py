@@ -68,12 +68,12 @@ def learned_step(
     lr: float | Tensor,
     weight_decay: float,
     maximize: bool,
-    lr_ratio: float = 1.0,
+    lr_decay: float = 0.0,
 ) -> bool:
     """Apply ``theta <- theta * (1 - lr * weight_decay) + lr * m(g)`` to tensors of one device and dtype.
 
     The reference implementation: all coordinates of ``params`` go through one call of ``network`` in fp32 (the
-    state may be stored in any floating dtype), with ``lr_ratio`` its input ``rho_t`` if it has one.  A coordinate
+    state may be stored in any floating dtype), with ``lr_decay`` its input ``delta_t`` if it has one.  A coordinate
     whose gradient is NaN or infinite keeps its parameter and state unchanged.  Returns whether every gradient was
     finite.
     """
@@ -88,7 +88,7 @@ def learned_step(
     if not all_finite:
         grad = torch.where(finite, grad, 0.0)
 
-    update, new_state = network(grad, state.float(), lr_ratio)
+    update, new_state = network(grad, state.float(), lr_decay)
     theta = torch.cat([p.reshape(-1) for p in real_params]).float()
     new_theta = theta.mul(1 - lr * weight_decay) if weight_decay else theta.clone()
     new_theta.add_(update * lr)
@@ -134,12 +134,12 @@ def choose_implementation(implementation: str, device: torch.device, network: Co
     return "blocked"
 
 
-def _lr_ratio(group: dict[str, Any]) -> float:
-    """``rho_t``, the input of networks with ``lr_ratio_input``: the group's lr over the largest it has had, which
-    the group keeps as ``"peak_lr"`` (so a checkpoint resumes it).  1 at a constant or rising lr (or lr 0)."""
+def _lr_decay(group: dict[str, Any]) -> float:
+    """``delta_t``, the input of networks with ``lr_decay_input``: 1 - the group's lr over the largest it has had,
+    which the group keeps as ``"peak_lr"`` (so a checkpoint resumes it).  0 at a constant or rising lr (or lr 0)."""
     lr = float(group["lr"])
     group["peak_lr"] = peak = max(float(group.get("peak_lr", lr)), lr)
-    return lr / peak if peak > 0 else 1.0
+    return 1 - lr / peak if peak > 0 else 0.0
 
 
 LR_RANGE = 30.0
@@ -393,7 +393,7 @@ class LearnedOptimizer(Optimizer):
                     lr=group["lr"] / network.nominal_lr,
                     weight_decay=group["weight_decay"] * network.nominal_lr,
                     maximize=group["maximize"],
-                    lr_ratio=_lr_ratio(group) if network.lr_ratio_input else 1.0,
+                    lr_decay=_lr_decay(group) if network.lr_decay_input else 0.0,
                 )
                 chosen = choose_implementation(self.implementation, device, network)
                 if chosen == "reference":

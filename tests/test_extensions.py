@@ -321,7 +321,7 @@ def test_validation_per_family_takes_the_families_of_a_mixture_in_turn(tmp_path)
         {"num_layers": 0, "preprocessing": "identity"},
         {"momentum_decays": [0.9], "step_timescales": [10.0], "readout_skip": True},
         {**RICH, "momentum_decays": [0.9, 0.1234567, 0.12345671], "step_timescales": [1e6, 1000001.0]},
-        {**RICH, "lr_ratio_input": True},
+        {**RICH, "lr_decay_input": True},
     ],
 )
 def test_widened_network_computes_the_same_updates_until_trained(config):
@@ -330,38 +330,68 @@ def test_widened_network_computes_the_same_updates_until_trained(config):
     with torch.no_grad():
         for param in narrow.parameters():
             param.normal_(0, 0.3)
-    wide = widen(narrow, momentum_decays=[0.9, 0.999], step_timescales=[1000.0, 10000.0], lr_ratio_input=True)
-    assert set(narrow.input_names) < set(wide.input_names) and wide.input_names[-1] == "lr_ratio"
+    wide = widen(narrow, momentum_decays=[0.9, 0.999], step_timescales=[1000.0, 10000.0], lr_decay_input=True)
+    assert set(narrow.input_names) < set(wide.input_names) and wide.input_names[-1] == "lr_decay"
     narrow_state, wide_state = narrow.initial_state(40), wide.initial_state(40)
     for step in range(20):
-        grad, lr_ratio = torch.randn(40) * 0.1, 1 - step / 20
-        narrow_update, narrow_state = narrow(grad, narrow_state, lr_ratio)
-        wide_update, wide_state = wide(grad, wide_state, lr_ratio)
+        grad, lr_decay = torch.randn(40) * 0.1, step / 20
+        narrow_update, narrow_state = narrow(grad, narrow_state, lr_decay)
+        wide_update, wide_state = wide(grad, wide_state, lr_decay)
         torch.testing.assert_close(wide_update, narrow_update, rtol=1e-5, atol=1e-8)
     with torch.no_grad():
         wide.readout.weight[:, -1] = 1.0
-    assert not torch.equal(wide(grad, wide_state)[0], narrow(grad, narrow_state)[0])
+    assert not torch.equal(wide(grad, wide_state, 0.5)[0], narrow(grad, narrow_state, 0.5)[0])
 
 
-def test_lr_ratio_input_sees_the_schedule_over_its_largest_factor_so_far(monkeypatch):
+def test_lr_decay_input_sees_how_far_the_schedule_fell_below_its_largest_factor(monkeypatch):
     import learned_torch_optim.meta.trainer as trainer_module
 
     seen = []
 
-    def recording_unroll(*args, lr_ratios=None, **kwargs):
-        seen.append(lr_ratios)
-        return unroll(*args, lr_ratios=lr_ratios, **kwargs)
+    def recording_unroll(*args, lr_decays=None, **kwargs):
+        seen.append(lr_decays)
+        return unroll(*args, lr_decays=lr_decays, **kwargs)
 
     unroll = trainer_module.unroll
     monkeypatch.setattr(trainer_module, "unroll", recording_unroll)
-    network = CoordinatewiseLSTM(**RICH, lr_ratio_input=True)
+    network = CoordinatewiseLSTM(**RICH, lr_decay_input=True)
     factors = torch.tensor([0.5, 1.0, 2.0, 1.0, 0.5, 4.0])
     problem = QuadraticTask(dims=3).problem(0)
     trainer_module.meta_iteration(
         network, torch.optim.Adam(network.parameters()), problem, horizon=6, unroll_length=3, lr_factors=factors
     )
-    torch.testing.assert_close(torch.cat(seen), torch.tensor([1.0, 1.0, 1.0, 0.5, 0.25, 1.0]))
+    torch.testing.assert_close(torch.cat(seen), torch.tensor([0.0, 0.0, 0.0, 0.5, 0.75, 0.0]))
     assert network.cells[0].weight_ih.grad[:, -1].abs().sum() > 0  # the input's weights are meta-trained
+
+
+def test_fine_tuning_can_train_only_the_added_inputs(tmp_path):
+    MetaTrainer(quick(iterations=1), tmp_path / "first").train(progress=False)
+    start = CoordinatewiseLSTM.from_pretrained(tmp_path / "first")
+    tuned = MetaTrainer(
+        quick(
+            iterations=2,
+            validate_every=1,
+            init="default",
+            network_config={"lr_decay_input": True},
+            init_from=str(tmp_path / "first"),
+            train_added_inputs_only=True,
+            lr_schedules=["warmup-cosine"],
+        ),
+        tmp_path / "tuned",
+    )
+    tuned.train_iteration()
+    network = tuned.network
+    assert torch.equal(network.readout.bias, start.readout.bias) and torch.equal(
+        network.cells[0].weight_ih[:, :-1], start.cells[0].weight_ih
+    )
+    assert torch.equal(network.readout.weight[:, : start.readout.weight.shape[1]], start.readout.weight)
+    assert network.cells[0].weight_ih[:, -1].abs().sum() > 0 and network.readout.weight[:, -1].abs().sum() > 0
+    with pytest.raises(ValueError, match="needs init_from"):
+        quick(train_added_inputs_only=True)
+    with pytest.raises(ValueError, match="add no input"):
+        MetaTrainer(
+            quick(init="default", init_from=str(tmp_path / "first"), train_added_inputs_only=True), tmp_path / "none"
+        )
 
 
 def test_fine_tuning_can_add_inputs(tmp_path):

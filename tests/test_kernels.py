@@ -46,19 +46,19 @@ CONFIGS = [
     dict(hidden_size=4, num_layers=1, preprocessing="adam_normalized", second_moment_decay=0.9),
     dict(hidden_size=4, num_layers=1, preprocessing="log_sign", step_timescales=[5.0], readout_skip=True),
     dict(DEFAULT_FORM, num_layers=0),
-    dict(DEFAULT_FORM, lr_ratio_input=True),
-    dict(hidden_size=4, num_layers=2, preprocessing="log_sign", lr_ratio_input=True),
-    dict(hidden_size=4, num_layers=0, preprocessing="identity", lr_ratio_input=True),
+    dict(DEFAULT_FORM, lr_decay_input=True),
+    dict(hidden_size=4, num_layers=2, preprocessing="log_sign", lr_decay_input=True),
+    dict(hidden_size=4, num_layers=0, preprocessing="identity", lr_decay_input=True),
 ]
-LR_RATIO = 0.37
-"""``rho_t`` of the block tests (networks without ``lr_ratio_input`` ignore it)."""
+LR_DECAY = 0.37
+"""``delta_t`` of the block tests (networks without ``lr_decay_input`` ignore it)."""
 TOLERANCE = dict(rtol=1e-5, atol=1e-6)
 
 
 def config_id(config: dict) -> str:
     options = [f"L{config['num_layers']}", config["preprocessing"]]
     options += [name for name in ("momentum_decays", "step_timescales", "readout_skip") if config.get(name)]
-    options += [name for name in ("output", "update_clip", "gradient_rms_clip", "lr_ratio_input") if config.get(name)]
+    options += [name for name in ("output", "update_clip", "gradient_rms_clip", "lr_decay_input") if config.get(name)]
     return "-".join(options)
 
 
@@ -102,11 +102,11 @@ def native_kernel(packed):
 @pytest.mark.parametrize("use_native", [False, True], ids=["torch", "native"])
 def test_block_math_equals_the_network(config, use_native):
     network = make_network(config)
-    packed = pack_network(network, CPU, LR_RATIO)
+    packed = pack_network(network, CPU, LR_DECAY)
     n = 333
     grad, state = random_inputs(network, n)
     with torch.no_grad():
-        expected_update, expected_state = network(grad, state, LR_RATIO)
+        expected_update, expected_state = network(grad, state, LR_DECAY)
     new_state = state.clone()
     if use_native:
         if not network.num_layers:

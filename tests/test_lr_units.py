@@ -83,10 +83,10 @@ def test_a_scheduler_may_take_lr_anywhere_after_construction():
 
 
 @pytest.mark.parametrize("implementation", ["reference", "fused", "blocked"])
-def test_an_lr_ratio_network_sees_lr_over_the_largest_lr_so_far(implementation):
+def test_an_lr_decay_network_sees_how_far_lr_fell_below_its_largest_value(implementation):
     torch.manual_seed(0)
-    network = CoordinatewiseLSTM(**{**load_weights("l2l-general-v2").config, "lr_ratio_input": True})
-    factors = [0.2, 1.0, 0.5, 0.25, 2.0, 1.0]  # rho: 1, 1, 0.5, 0.25, 1, 0.5
+    network = CoordinatewiseLSTM(**{**load_weights("l2l-general-v2").config, "lr_decay_input": True})
+    factors = [0.2, 1.0, 0.5, 0.25, 2.0, 1.0]  # delta: 0, 0, 0.5, 0.75, 0, 0.5
     grads = torch.randn(len(factors), 30)
     param = torch.nn.Parameter(torch.randn(30))
     expected, state = param.detach().clone(), network.initial_state(30)
@@ -96,7 +96,7 @@ def test_an_lr_ratio_network_sees_lr_over_the_largest_lr_so_far(implementation):
     for factor, grad in zip(factors, grads):
         peak = max(peak, factor)
         with torch.no_grad():
-            update, state = network(grad, state, factor / peak)
+            update, state = network(grad, state, 1 - factor / peak)
         expected += factor * update
         param.grad = grad.clone()
         optimizer.step()

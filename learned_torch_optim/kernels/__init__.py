@@ -37,11 +37,11 @@ IMPLEMENTED_OPTIONS = frozenset(
         "update_clip",
         "gradient_rms_clip",
         "nominal_lr",
-        "lr_ratio_input",
+        "lr_decay_input",
     }
 )
 """The network options the blocked step and the compiled kernels compute (``nominal_lr`` only scales ``lr``, which
-the optimizer does before any implementation; ``lr_ratio_input`` is folded into the biases by
+the optimizer does before any implementation; ``lr_decay_input`` is folded into the biases by
 :func:`.blocked.pack_network`; ``tests/test_kernels.py`` tests each
 against ``CoordinatewiseLSTM.forward``).  An option added to the network is not among them until they learn it."""
 
@@ -87,12 +87,12 @@ def step_in_blocks(
     weight_decay: float,
     maximize: bool,
     compiled: bool,
-    lr_ratio: float = 1.0,
+    lr_decay: float = 0.0,
 ) -> bool:
-    """:func:`.blocked.blocked_step` with the path of :func:`select_kernel`, ``lr_ratio`` the input ``rho_t`` of a
-    network with ``lr_ratio_input``.  Returns whether every gradient was finite."""
+    """:func:`.blocked.blocked_step` with the path of :func:`select_kernel`, ``lr_decay`` the input ``delta_t`` of a
+    network with ``lr_decay_input``.  Returns whether every gradient was finite."""
     device = params[0].device
-    packed = pack_network(network, device, lr_ratio)
+    packed = pack_network(network, device, lr_decay)
     path, kernel = select_kernel(packed, device, compiled)
     return blocked_step(
         params,

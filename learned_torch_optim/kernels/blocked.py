@@ -73,12 +73,12 @@ class PackedNetwork:
         return self.network.state_size
 
 
-def pack_network(network: CoordinatewiseLSTM, device: torch.device, lr_ratio: float = 1.0) -> PackedNetwork:
+def pack_network(network: CoordinatewiseLSTM, device: torch.device, lr_decay: float = 0.0) -> PackedNetwork:
     """Lay out ``network``'s weights for the blocked kernels (a few kilobytes; done at every step, so a network
     changed in place is always seen as it is).
 
-    The input ``rho_t = lr_ratio`` of a network with ``lr_ratio_input`` is the same for every coordinate of a step,
-    so it is folded into the biases (``b + W[:, rho] * lr_ratio``, its columns dropped): the packed network computes
+    The input ``delta_t = lr_decay`` of a network with ``lr_decay_input`` is the same for every coordinate of a step,
+    so it is folded into the biases (``b + W[:, column] * lr_decay``, its columns dropped): the packed network computes
     the rule of a network without that input, which every kernel implements."""
     hidden = network.hidden_size
     order = torch.cat([torch.arange(k * hidden, (k + 1) * hidden) for k in (0, 1, 3, 2)])  # i, f, g, o -> i, f, o, g
@@ -90,16 +90,16 @@ def pack_network(network: CoordinatewiseLSTM, device: torch.device, lr_ratio: fl
     hidden_weights = [cell.weight_hh for cell in network.cells]
     biases = [cell.bias_ih + cell.bias_hh for cell in network.cells]
     readout_weight, readout_bias = network.readout.weight, network.readout.bias
-    if network.lr_ratio_input:
-        rho = network.num_inputs - 1
+    if network.lr_decay_input:
+        column = network.num_inputs - 1
         if network.num_layers:
-            biases[0] = biases[0] + input_weights[0][:, rho] * lr_ratio
-            input_weights[0] = torch.cat((input_weights[0][:, :rho], input_weights[0][:, rho + 1 :]), dim=1)
-        rho += hidden if network.num_layers else 0
-        if readout_weight.shape[1] > rho:
-            readout_bias = readout_bias + readout_weight[:, rho] * lr_ratio
-            readout_weight = torch.cat((readout_weight[:, :rho], readout_weight[:, rho + 1 :]), dim=1)
-        network = _without_lr_ratio_input(network.options)
+            biases[0] = biases[0] + input_weights[0][:, column] * lr_decay
+            input_weights[0] = torch.cat((input_weights[0][:, :column], input_weights[0][:, column + 1 :]), dim=1)
+        column += hidden if network.num_layers else 0
+        if readout_weight.shape[1] > column:
+            readout_bias = readout_bias + readout_weight[:, column] * lr_decay
+            readout_weight = torch.cat((readout_weight[:, :column], readout_weight[:, column + 1 :]), dim=1)
+        network = _without_lr_decay_input(network.options)
     weights = tuple(
         as_fp32(torch.cat((weight_ih, weight_hh), dim=1)[order]).contiguous()
         for weight_ih, weight_hh in zip(input_weights, hidden_weights)
@@ -114,11 +114,11 @@ def pack_network(network: CoordinatewiseLSTM, device: torch.device, lr_ratio: fl
 
 
 @functools.cache
-def _without_lr_ratio_input(options: NetworkConfig) -> CoordinatewiseLSTM:
-    """A network of ``options`` but ``lr_ratio_input``, on the meta device: the options and features of a packed
-    network whose ``rho_t`` is folded into its biases (its own weights, never allocated, are not used)."""
+def _without_lr_decay_input(options: NetworkConfig) -> CoordinatewiseLSTM:
+    """A network of ``options`` but ``lr_decay_input``, on the meta device: the options and features of a packed
+    network whose ``delta_t`` is folded into its biases (its own weights, never allocated, are not used)."""
     with torch.device("meta"):
-        return CoordinatewiseLSTM(**replace(options, lr_ratio_input=False).as_dict())
+        return CoordinatewiseLSTM(**replace(options, lr_decay_input=False).as_dict())
 
 
 class BlockKernel(Protocol):

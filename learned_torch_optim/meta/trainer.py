@@ -27,7 +27,7 @@ from .bptt import SetStep, log_loss, unroll
 from .files import atomic_write, atomic_write_text, file_mode, temporaries
 from .schedules import SCHEDULES, lr_factors
 from .tasks import NETWORK_RULES, TASK_DESCRIPTIONS, MixtureTask, Problem, RescaledProblem, Task, get_task
-from .widen import widen
+from .widen import added_weights, widen
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -49,7 +49,7 @@ CHECKPOINT_KEYS = (
 VALIDATION_SEED = 10**9
 WEIGHTLESS_OPTIONS = ("update_clip", "gradient_rms_clip", "nominal_lr")
 """Network options that fine-tuning can set to any value: step bounds and the lr's unit, which add no weights."""
-FINE_TUNING_CHANGES = ("momentum_decays", "step_timescales", "lr_ratio_input", *WEIGHTLESS_OPTIONS)
+FINE_TUNING_CHANGES = ("momentum_decays", "step_timescales", "lr_decay_input", *WEIGHTLESS_OPTIONS)
 """The network options that fine-tuning (``TrainConfig.init_from``) may change in the starting weights' config."""
 
 MetaLrSchedule = Literal["constant", "cosine"]
@@ -159,7 +159,7 @@ class TrainConfig:
     init_from: str | None = setting(
         None,
         "start from these weights (packaged name, directory or hub repo id) and their network config, to which "
-        "--momentum-decays, --step-timescales and --lr-ratio-input can add inputs (zero weights at first), "
+        "--momentum-decays, --step-timescales and --lr-decay-input can add inputs (zero weights at first), "
         "--update-clip and --gradient-rms-clip can set step bounds and --nominal-lr the lr's unit; leave the other "
         "network flags at their defaults. With --network-rule, one network starts every network of the rule, and a "
         "weight set (whose networks the rule must name) starts each from its network of the same name",
@@ -168,12 +168,18 @@ class TrainConfig:
         metavar="WEIGHTS",
     )
     """Fine-tuning: ``network_config`` then holds changes to the weights' config, which may only add
-    ``momentum_decays``, ``step_timescales`` or the ``lr_ratio_input`` (:func:`~.widen.widen`) or set the weightless
+    ``momentum_decays``, ``step_timescales`` or the ``lr_decay_input`` (:func:`~.widen.widen`) or set the weightless
     options ``update_clip``, ``gradient_rms_clip`` and ``nominal_lr``.  The weights are validated before the first
     iteration and stay the result unless a later validation beats them; resuming checks that the weights are still
     those the run started from.  With a ``network_rule``, one network starts every network of the run; a weight set
     starts each from its network of the same name (the rule must name the set's networks, which must share one
     config; fine-tuning the paper's two CIFAR-10 LSTMs, section 3.3)."""
+    train_added_inputs_only: bool = setting(
+        False,
+        "with --init-from: meta-train only the weights of the inputs the network flags add; the starting weights' "
+        "own stay as they are",
+        card="meta-trained: only the added inputs' weights",
+    )
     network_rule: list[str] = setting(
         [],
         "meta-train one network per kind of parameter (paper 3.3) into a weight set: GLOB=NETWORK pairs (a shell "
@@ -338,6 +344,8 @@ class TrainConfig:
                 raise ValueError(f"horizon_curriculum: {horizon} is not a positive multiple of unroll ({self.unroll})")
         if self.init_from is not None and self.init != "default":
             raise ValueError(f"init={self.init!r} and init_from={self.init_from!r}: choose one way to start")
+        if self.train_added_inputs_only and self.init_from is None:
+            raise ValueError("train_added_inputs_only needs init_from: the weights whose inputs are added to")
         if self.validation_horizon is not None and self.validation_horizon < 1:
             raise ValueError(f"validation_horizon must be at least 1, got {self.validation_horizon}")
         if self.param_scale is not None and not self.param_scale >= 1:
@@ -404,6 +412,24 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _train_only_(network: CoordinatewiseLSTM, masks: dict[str, torch.Tensor]) -> None:
+    """Let meta-gradients reach only the weights where ``masks`` (by parameter name) is 1: the other entries' are
+    zeroed by a hook, and parameters with none to train are frozen (Adam then leaves them exactly as they are)."""
+    trainable = 0
+    for name, param in network.named_parameters():
+        mask = masks[name].to(param.device)
+        if mask.any():
+            param.register_hook(lambda grad, mask=mask: grad * mask)
+            trainable += int(mask.sum())
+        else:
+            param.requires_grad_(False)
+    if not trainable:
+        raise ValueError(
+            "train_added_inputs_only: the network flags add no input to the starting weights (give --lr-decay-input, "
+            "--momentum-decays or --step-timescales with new values)"
+        )
+
+
 def meta_iteration(
     network: CoordinatewiseLSTM | WeightSet,
     meta_optimizer: torch.optim.Optimizer,
@@ -424,7 +450,7 @@ def meta_iteration(
     With ``average_across_processes`` (``torch.distributed`` initialised) the meta-gradients and the returned loss
     are averaged over the processes, each of which brings its own problems.  A meta-gradient that is not finite is
     skipped rather than applied.  ``lr_factors`` (one per step of the horizon) scale the updates, and give networks
-    with ``lr_ratio_input`` their ``rho_t`` as the optimizer does (see ``unroll``).
+    with ``lr_decay_input`` their ``delta_t`` as the optimizer does (see ``unroll``).
     The networks of a weight set each run the coordinates its rule gives them (:class:`~.bptt.SetStep`); one that
     runs none of the problem's gets no meta-gradient (zero, where averaged across processes).
     """
@@ -432,12 +458,12 @@ def meta_iteration(
     step = SetStep(network, problem) if isinstance(network, WeightSet) else network
     state = step.initial_state(params.numel(), device=params.device)
     losses = []
-    lr_ratios = None if lr_factors is None else lr_factors / torch.cummax(lr_factors, dim=0).values
+    lr_decays = None if lr_factors is None else 1 - lr_factors / torch.cummax(lr_factors, dim=0).values
     for truncation in range(horizon // unroll_length):
-        factors = ratios = None
+        factors = decays = None
         if lr_factors is not None:
             steps = slice(truncation * unroll_length, (truncation + 1) * unroll_length)
-            factors, ratios = lr_factors[steps].to(params.device), lr_ratios[steps].to(params.device)
+            factors, decays = lr_factors[steps].to(params.device), lr_decays[steps].to(params.device)
         result = unroll(
             step,
             problem,
@@ -448,7 +474,7 @@ def meta_iteration(
             log_losses=log_losses,
             second_derivatives=second_derivatives,
             lr_factors=factors,
-            lr_ratios=ratios,
+            lr_decays=decays,
         )
         meta_optimizer.zero_grad()
         (result.meta_loss / problem.num_problems).backward()
@@ -582,12 +608,12 @@ class MetaTrainer:
         if start is not None:
             start_config = start.config
             wanted = CoordinatewiseLSTM(**{**start_config, **config.network_config}).config
-            widened = widen(
-                start,
+            added = dict(
                 momentum_decays=wanted.get("momentum_decays", ()),
                 step_timescales=wanted.get("step_timescales", ()),
-                lr_ratio_input=wanted.get("lr_ratio_input", False),
+                lr_decay_input=wanted.get("lr_decay_input", False),
             )
+            widened = widen(start, **added)
             unbounded = dict.fromkeys(WEIGHTLESS_OPTIONS)
             if {**widened.config, **unbounded} != {**wanted, **unbounded}:
                 raise ValueError(
@@ -598,6 +624,8 @@ class MetaTrainer:
             network = CoordinatewiseLSTM(**wanted)
             network.load_state_dict(widened.state_dict())
             network = network.to(self.device)
+            if config.train_added_inputs_only:
+                _train_only_(network, added_weights(start, **added))
         else:
             network = CoordinatewiseLSTM(**config.network_config).to(self.device)
         if config.init == "adam":

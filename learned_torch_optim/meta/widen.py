@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
+from torch import Tensor
 
 from ..network import CoordinatewiseLSTM
 
@@ -14,10 +16,10 @@ def widen(
     *,
     momentum_decays: Sequence[float] = (),
     step_timescales: Sequence[float] = (),
-    lr_ratio_input: bool = False,
+    lr_decay_input: bool = False,
 ) -> CoordinatewiseLSTM:
     """A copy of ``network`` with more inputs: the given momentum decays and step timescales added to its own, and
-    the lr ratio ``rho_t`` with ``lr_ratio_input``.  Their weights start at zero, so the copy computes the same
+    the lr's decay ``delta_t`` with ``lr_decay_input``.  Their weights start at zero, so the copy computes the same
     updates as ``network`` (to fp32 rounding: its matrix products are longer) until it is trained; for fine-tuning
     trained weights with inputs they lack, e.g. step counts on longer timescales."""
     momentum_decays = (*network.momentum_decays, *(b for b in momentum_decays if b not in network.momentum_decays))
@@ -27,14 +29,14 @@ def widen(
             **network.config,
             "momentum_decays": momentum_decays,
             "step_timescales": step_timescales,
-            "lr_ratio_input": network.lr_ratio_input or lr_ratio_input,
+            "lr_decay_input": network.lr_decay_input or lr_decay_input,
         }
     )
     gradient_inputs = network.inputs_per_value * (1 + len(network.momentum_decays))
     columns = (
         [*range(gradient_inputs)]
         + [network.inputs_per_value * (1 + len(wide.momentum_decays)) + k for k in range(len(network.step_timescales))]
-        + [wide.num_inputs - 1] * network.lr_ratio_input
+        + [wide.num_inputs - 1] * network.lr_decay_input
     )
     hidden = network.hidden_size if network.num_layers else 0
     with torch.no_grad():
@@ -52,3 +54,13 @@ def widen(
         if network.readout.weight.shape[1] > hidden:
             wide.readout.weight[:, [hidden + c for c in columns]] = network.readout.weight[:, hidden:]
     return wide
+
+
+def added_weights(network: CoordinatewiseLSTM, **added: object) -> dict[str, Tensor]:
+    """For each parameter of ``widen(network, **added)`` (by name), a mask: 1 where a weight belongs to an added
+    input, 0 where it is one of ``network``'s own."""
+    ones = copy.deepcopy(network)
+    with torch.no_grad():
+        for param in ones.parameters():
+            param.fill_(1.0)
+    return {name: 1 - param.detach() for name, param in widen(ones, **added).named_parameters()}
