@@ -387,7 +387,7 @@ def test_fine_tuning_can_train_only_the_added_inputs(tmp_path):
     assert torch.equal(network.readout.weight[:, : start.readout.weight.shape[1]], start.readout.weight)
     assert network.cells[0].weight_ih[:, -1].abs().sum() > 0 and network.readout.weight[:, -1].abs().sum() > 0
     with pytest.raises(ValueError, match="needs init_from"):
-        quick(train_added_inputs_only=True)
+        MetaTrainer(quick(train_added_inputs_only=True), tmp_path / "no-start")
     with pytest.raises(ValueError, match="add no input"):
         MetaTrainer(
             quick(init="default", init_from=str(tmp_path / "first"), train_added_inputs_only=True), tmp_path / "none"

@@ -344,8 +344,6 @@ class TrainConfig:
                 raise ValueError(f"horizon_curriculum: {horizon} is not a positive multiple of unroll ({self.unroll})")
         if self.init_from is not None and self.init != "default":
             raise ValueError(f"init={self.init!r} and init_from={self.init_from!r}: choose one way to start")
-        if self.train_added_inputs_only and self.init_from is None:
-            raise ValueError("train_added_inputs_only needs init_from: the weights whose inputs are added to")
         if self.validation_horizon is not None and self.validation_horizon < 1:
             raise ValueError(f"validation_horizon must be at least 1, got {self.validation_horizon}")
         if self.param_scale is not None and not self.param_scale >= 1:
@@ -626,6 +624,8 @@ class MetaTrainer:
             network = network.to(self.device)
             if config.train_added_inputs_only:
                 _train_only_(network, added_weights(start, **added))
+        elif config.train_added_inputs_only:
+            raise ValueError("train_added_inputs_only needs init_from: the weights whose inputs are added to")
         else:
             network = CoordinatewiseLSTM(**config.network_config).to(self.device)
         if config.init == "adam":
