@@ -22,9 +22,9 @@ where ``pre`` is the log/sign preprocessing, the identity, or ``z / (sqrt(vhat) 
 Adam's normalisation, which makes the inputs invariant to the gradient's scale).  With ``lr_decay_input`` the last
 input is ``delta_t = 1 - lr_t / max_{k <= t} lr_k``, how far a schedule has decayed the lr, the same for every
 coordinate: 0 at a constant or rising lr (so the input changes nothing there), towards 1 as a schedule decays it,
-whatever the lr's scale (so the network can tell where a schedule is; VeLO and Celo2 give
-theirs the fraction of training done, which a ``torch.optim`` optimizer does not know).  With ``readout_skip`` the
-read-out sees ``[o_t, x_t]``; with ``output="direction_magnitude"`` it gives two numbers ``d, r`` and
+whatever the lr's scale (so the network can tell where a schedule is; VeLO and Celo2 give theirs the fraction of
+training done, which a ``torch.optim`` optimizer does not know).  With ``readout_skip`` the read-out sees
+``[o_t, x_t]``; with ``output="direction_magnitude"`` it gives two numbers ``d, r`` and
 ``u_t = output_scale * d * exp(magnitude_scale * r)`` (Wichrowska et al. 2017; Metz et al. 2020).  With
 ``update_clip = c`` every coordinate's update is clipped to ``[-c, c]`` (a bounded output).  With
 ``gradient_rms_clip = k`` (``"adam_normalized"`` only) each gradient is first clipped to its running root mean

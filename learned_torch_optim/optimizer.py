@@ -387,14 +387,14 @@ class LearnedOptimizer(Optimizer):
         for group, network, tensors in gathered:
             if not tensors[0]:
                 continue
+            options = dict(
+                lr=group["lr"] / network.nominal_lr,
+                weight_decay=group["weight_decay"] * network.nominal_lr,
+                maximize=group["maximize"],
+                lr_decay=_lr_decay(group) if network.lr_decay_input else 0.0,
+            )
             buckets = Optimizer._group_tensors_by_device_and_dtype(tensors)
             for (device, _), ((b_params, b_grads, b_states, b_steps), _) in buckets.items():
-                options = dict(
-                    lr=group["lr"] / network.nominal_lr,
-                    weight_decay=group["weight_decay"] * network.nominal_lr,
-                    maximize=group["maximize"],
-                    lr_decay=_lr_decay(group) if network.lr_decay_input else 0.0,
-                )
                 chosen = choose_implementation(self.implementation, device, network)
                 if chosen == "reference":
                     on_device = self._network_on(network, device)

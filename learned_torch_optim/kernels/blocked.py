@@ -94,11 +94,11 @@ def pack_network(network: CoordinatewiseLSTM, device: torch.device, lr_decay: fl
         column = network.num_inputs - 1
         if network.num_layers:
             biases[0] = biases[0] + input_weights[0][:, column] * lr_decay
-            input_weights[0] = torch.cat((input_weights[0][:, :column], input_weights[0][:, column + 1 :]), dim=1)
+            input_weights[0] = _without_column(input_weights[0], column)
         column += hidden if network.num_layers else 0
         if readout_weight.shape[1] > column:
             readout_bias = readout_bias + readout_weight[:, column] * lr_decay
-            readout_weight = torch.cat((readout_weight[:, :column], readout_weight[:, column + 1 :]), dim=1)
+            readout_weight = _without_column(readout_weight, column)
         network = _without_lr_decay_input(network.options)
     weights = tuple(
         as_fp32(torch.cat((weight_ih, weight_hh), dim=1)[order]).contiguous()
@@ -111,6 +111,10 @@ def pack_network(network: CoordinatewiseLSTM, device: torch.device, lr_decay: fl
         readout_weight=as_fp32(readout_weight).contiguous(),
         readout_bias=as_fp32(readout_bias).contiguous(),
     )
+
+
+def _without_column(matrix: Tensor, column: int) -> Tensor:
+    return torch.cat((matrix[:, :column], matrix[:, column + 1 :]), dim=1)
 
 
 @functools.cache
