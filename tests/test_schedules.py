@@ -52,15 +52,15 @@ def test_unroll_scales_each_update_by_its_factor():
 def test_meta_training_draws_a_schedule_and_factor_per_iteration(tmp_path):
     plain = MetaTrainer(quick_config(), tmp_path / "plain")
     state = plain.generator.get_state()
-    assert plain._draw_lr_factors(20) is None and torch.equal(plain.generator.get_state(), state)
+    assert plain._draw_lr() == (None, 1.0) and torch.equal(plain.generator.get_state(), state)
     config = quick_config(lr_schedules=["constant", "warmup-cosine"], lr_factor_range=3.0)
-    drawn = [MetaTrainer(config, tmp_path / "a")._draw_lr_factors(20) for _ in range(2)]
-    assert torch.equal(drawn[0], drawn[1])
+    drawn = [MetaTrainer(config, tmp_path / "a")._draw_lr() for _ in range(2)]
+    assert drawn[0] == drawn[1]
     trainer = MetaTrainer(config, tmp_path / "b")
-    draws = [trainer._draw_lr_factors(100) for _ in range(20)]
-    scales = {round(d.max().item(), 6) for d in draws}
-    assert all(1 / 3 <= s <= 3 for s in scales) and len(scales) == 20
-    assert any(d[0] < d.max() for d in draws) and any(torch.all(d == d[0]) for d in draws)
+    draws = [trainer._draw_lr() for _ in range(20)]
+    factors = {round(factor, 6) for _, factor in draws}
+    assert all(1 / 3 <= f <= 3 for f in factors) and len(factors) == 20
+    assert {schedule for schedule, _ in draws} == {"constant", "warmup-cosine"}
     trainer.train(progress=False)
     assert (
         math.isfinite(trainer.best_metric)

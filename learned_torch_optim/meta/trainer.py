@@ -1,5 +1,5 @@
-"""The outer loop: meta-training a :class:`CoordinatewiseLSTM` by truncated BPTT, with validation, best-checkpoint
-selection, atomic checkpoints, exact resume and a JSON-lines metrics log."""
+"""The outer loop: meta-training a :class:`CoordinatewiseLSTM` by truncated BPTT (or evolution strategies), with
+validation, best-checkpoint selection, atomic checkpoints, exact resume and a JSON-lines metrics log."""
 
 from __future__ import annotations
 
@@ -24,8 +24,9 @@ from ..network import CoordinatewiseLSTM
 from ..weight_set import SET_FILE, NetworkRule, WeightSet
 from ..weights import resolve_weights
 from .bptt import SetStep, log_loss, unroll
+from .es import antithetic_gradient
 from .files import atomic_write, atomic_write_text, file_mode, temporaries
-from .schedules import SCHEDULES, lr_factors
+from .schedules import SCHEDULES, Schedule, lr_factors
 from .tasks import NETWORK_RULES, TASK_DESCRIPTIONS, MixtureTask, Problem, RescaledProblem, Task, get_task
 from .widen import added_weights, widen
 
@@ -54,6 +55,7 @@ FINE_TUNING_CHANGES = ("momentum_decays", "step_timescales", "lr_decay_input", *
 
 MetaLrSchedule = Literal["constant", "cosine"]
 MetaLoss = Literal["sum", "log"]
+MetaGradient = Literal["bptt", "es"]
 ValidationMetric = Literal["mean", "final"]
 Initialisation = Literal["default", "forget_bias", "adam"]
 NetworkOptions = dict[str, Any]
@@ -122,9 +124,17 @@ def _network_rule_row(trainer: MetaTrainer) -> str:
 
 def _meta_loss_row(trainer: MetaTrainer) -> str:
     c = trainer.config
-    return (
-        f"{'log ' if c.meta_loss == 'log' else ''}f(theta_t) summed over t = 0..{'T' if c.meta_loss_final else 'T-1'}"
-    )
+    log = "log " if c.meta_loss == "log" else ""
+    if c.meta_gradient == "es":
+        return f"the final {log}loss of each run (mean {log}f(theta_t) over its last 10% of steps)"
+    return f"{log}f(theta_t) summed over t = 0..{'T' if c.meta_loss_final else 'T-1'}"
+
+
+def _meta_gradient_row(trainer: MetaTrainer) -> str:
+    c = trainer.config
+    if c.meta_gradient == "es":
+        return f"evolution strategies on whole runs: {c.es_pairs} antithetic pairs per iteration, sigma {c.es_sigma}"
+    return f"truncated BPTT, unroll {c.unroll}"
 
 
 @dataclass
@@ -214,8 +224,20 @@ class TrainConfig:
         card="random lr factor",
         metavar="R",
     )
-    unroll: int = setting(20, "truncation length of BPTT", card="unroll (truncation length)")
+    meta_gradient: MetaGradient = setting(
+        "bptt",
+        "'bptt': truncated backpropagation through time, a meta-update per --unroll steps (the paper); 'es': one "
+        "meta-update per iteration by antithetic evolution strategies on the final loss of whole runs of the horizon "
+        "(--es-pairs, --es-sigma)",
+        card=("meta-gradient", _meta_gradient_row),
+    )
+    """See :mod:`.bptt` and :mod:`.es`."""
+    unroll: int = setting(20, "truncation length of BPTT", card=None)
     """``horizon / unroll`` meta-updates per problem."""
+    es_pairs: int = setting(8, "with --meta-gradient es: antithetic pairs of runs per iteration", card=None)
+    es_sigma: float = setting(
+        0.01, "with --meta-gradient es: the standard deviation of the perturbations of the weights", card=None
+    )
     meta_lr: float = setting(
         1e-3,
         "Adam learning rate of the meta-optimizer",
@@ -235,7 +257,7 @@ class TrainConfig:
     meta_loss: MetaLoss = setting(
         "sum",
         "sum of the losses over a truncation (the paper) or of their logarithms (Wichrowska et al. 2017)",
-        card=("meta-loss per truncation", _meta_loss_row),
+        card=("meta-loss", _meta_loss_row),
     )
     """With ``"log"`` each step's loss is that of the iteration's problems together (their sum when
     ``meta_batch_size > 1``); validation reports the mean log loss of single problems instead of the mean loss."""
@@ -249,7 +271,13 @@ class TrainConfig:
         "differentiate through the optimizee's gradients too (the exact meta-gradient; the paper drops it)",
         card=(
             "optimizee gradients in the meta-gradient",
-            lambda t: "differentiated (second derivatives)" if t.config.second_derivatives else "constants (paper)",
+            lambda t: (
+                "not differentiated (evolution strategies)"
+                if t.config.meta_gradient == "es"
+                else "differentiated (second derivatives)"
+                if t.config.second_derivatives
+                else "constants (paper)"
+            ),
         ),
     )
     """Hessian-vector products of the loss; the original implementation's ``second_derivatives`` flag."""
@@ -321,7 +349,15 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
-        for name in ("iterations", "horizon", "unroll", "validate_every", "validation_problems", "checkpoint_every"):
+        for name in (
+            "iterations",
+            "horizon",
+            "unroll",
+            "validate_every",
+            "validation_problems",
+            "checkpoint_every",
+            "es_pairs",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name, hint in get_type_hints(TrainConfig).items():
@@ -337,6 +373,13 @@ class TrainConfig:
             )
         if not self.meta_lr > 0:
             raise ValueError(f"meta_lr must be positive, got {self.meta_lr}")
+        if not self.es_sigma > 0:
+            raise ValueError(f"es_sigma must be positive, got {self.es_sigma}")
+        if self.meta_gradient == "es" and (self.second_derivatives or self.meta_loss_final):
+            raise ValueError(
+                "second_derivatives and meta_loss_final are options of the BPTT meta-gradient; meta_gradient='es' "
+                "differentiates nothing and scores the final loss of each run"
+            )
         if self.meta_batch_size is not None and self.meta_batch_size < 1:
             raise ValueError(f"meta_batch_size must be at least 1, got {self.meta_batch_size}")
         for horizon in self.horizon_curriculum:
@@ -410,15 +453,18 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _train_only_(network: CoordinatewiseLSTM, masks: dict[str, torch.Tensor]) -> None:
+def _train_only_(network: CoordinatewiseLSTM, masks: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
     """Let meta-gradients reach only the weights where ``masks`` (by parameter name) is 1: the other entries' are
-    zeroed by a hook, and parameters with none to train are frozen (Adam then leaves them exactly as they are)."""
-    trainable = 0
+    zeroed by a hook, and parameters with none to train are frozen (Adam then leaves them exactly as they are).
+    Returns the masks of the parameters left to train, by ``id`` of the parameter (for evolution strategies, which
+    perturb only what trains)."""
+    trainable, kept = 0, {}
     for name, param in network.named_parameters():
         mask = masks[name].to(param.device)
         if mask.any():
             param.register_hook(lambda grad, mask=mask: grad * mask)
             trainable += int(mask.sum())
+            kept[id(param)] = mask
         else:
             param.requires_grad_(False)
     if not trainable:
@@ -426,6 +472,7 @@ def _train_only_(network: CoordinatewiseLSTM, masks: dict[str, torch.Tensor]) ->
             "train_added_inputs_only: the network flags add no input to the starting weights (give --lr-decay-input, "
             "--momentum-decays or --step-timescales with new values)"
         )
+    return kept
 
 
 def meta_iteration(
@@ -554,6 +601,8 @@ class MetaTrainer:
         torch.manual_seed(config.seed)
         self.device = torch.device(config.device)
         self.rule = network_rule(config.network_rule)
+        self.gradient_masks: dict[int, torch.Tensor] = {}
+        """With ``train_added_inputs_only``: the mask of each parameter that trains, by its ``id``."""
         start = self._start()
         self.init_identity = None if start is None else start.weights_identity
         if self.rule is None:
@@ -623,7 +672,7 @@ class MetaTrainer:
             network.load_state_dict(widened.state_dict())
             network = network.to(self.device)
             if config.train_added_inputs_only:
-                _train_only_(network, added_weights(start, **added))
+                self.gradient_masks |= _train_only_(network, added_weights(start, **added))
         elif config.train_added_inputs_only:
             raise ValueError("train_added_inputs_only needs init_from: the weights whose inputs are added to")
         else:
@@ -749,25 +798,34 @@ class MetaTrainer:
         return self.config.validation_horizon or self.config.horizon
 
     def train_iteration(self) -> float:
-        """Sample fresh problems and meta-train on them over one horizon; their mean loss."""
+        """Sample fresh problems and meta-train on them over one horizon: their mean loss (with
+        ``meta_gradient="es"``: the mean score of the runs that did not diverge)."""
         k = self.meta_batch_size
         seeds = torch.randint(2**62, (self.world_size * k,), generator=self.generator).tolist()
         seeds = seeds[self.rank * k : (self.rank + 1) * k]
-        problem = self.task.problems(seeds)
         if self.config.meta_lr_schedule == "cosine":
             progress = self.iteration / self.config.iterations
             for group in self.meta_optimizer.param_groups:
                 group["lr"] = self.config.meta_lr * (1 + math.cos(math.pi * progress)) / 2
+        drawn = self.task.problems(seeds)
+        scales = None
         if self.config.param_scale is not None:
             log_range = math.log(self.config.param_scale)
-            n = problem.init_params().numel()
+            n = drawn.init_params().numel()
             scales = torch.exp((2 * torch.rand(n, generator=self.generator) - 1) * log_range)
-            problem = RescaledProblem(problem, scales)
+
+        def problem(drawn: Problem | None = None) -> Problem:  # the same problems and minibatch streams at each call
+            drawn = drawn or self.task.problems(seeds)
+            return (drawn if scales is None else RescaledProblem(drawn, scales)).to(self.device)
+
         horizon = self.horizon(self.iteration)
+        schedule, factor = self._draw_lr()
+        if self.config.meta_gradient == "es":
+            return self._es_step(problem, horizon, schedule, factor)
         return meta_iteration(
             self.network,
             self.meta_optimizer,
-            problem.to(self.device),
+            problem(drawn),
             horizon=horizon,
             unroll_length=self.config.unroll,
             clip_grad_norm=self.config.clip_grad_norm,
@@ -775,23 +833,59 @@ class MetaTrainer:
             log_losses=self.config.meta_loss == "log",
             second_derivatives=self.config.second_derivatives,
             average_across_processes=self.world_size > 1,
-            lr_factors=self._draw_lr_factors(horizon),
+            lr_factors=None if schedule is None else factor * lr_factors(schedule, horizon),
         )
 
-    def _draw_lr_factors(self, horizon: int) -> torch.Tensor | None:
-        """The factors on this iteration's updates: a schedule of ``lr_schedules`` times a factor of
-        ``lr_factor_range``, drawn from the run's generator (``None``, drawing nothing, when neither is set)."""
+    def _draw_lr(self) -> tuple[Schedule | None, float]:
+        """This iteration's lr: a schedule of ``lr_schedules`` (``"constant"`` without them) and a factor of
+        ``lr_factor_range`` (1 without it), drawn from the run's generator; ``(None, 1.0)``, drawing nothing, when
+        neither is set (the update as it is)."""
         c = self.config
         if not c.lr_schedules and c.lr_factor_range is None:
-            return None
-        factors = torch.ones(horizon)
+            return None, 1.0
+        schedule: Schedule = "constant"
         if c.lr_schedules:
-            pick = int(torch.randint(len(c.lr_schedules), (), generator=self.generator))
-            factors = lr_factors(c.lr_schedules[pick], horizon)
+            schedule = c.lr_schedules[int(torch.randint(len(c.lr_schedules), (), generator=self.generator))]
+        factor = 1.0
         if c.lr_factor_range is not None:
             log_range = math.log(c.lr_factor_range)
-            factors = factors * math.exp((2 * torch.rand((), generator=self.generator).item() - 1) * log_range)
-        return factors
+            factor = math.exp((2 * torch.rand((), generator=self.generator).item() - 1) * log_range)
+        return schedule, factor
+
+    def _es_step(self, problem: Callable[[], Problem], horizon: int, schedule: Schedule | None, factor: float) -> float:
+        """One meta-update from :func:`~.es.antithetic_gradient`: each run is ``LearnedOptimizer`` at ``factor``
+        times the ``nominal_lr`` under ``schedule`` over the horizon on ``problem()``, scored by its final (log)
+        loss, as validation and the suite score runs.  Under ``torch.distributed`` each process runs its own
+        problems with the same perturbations, and the estimates are averaged."""
+        from .evaluation import protocol
+
+        def score() -> float:
+            curve = protocol.run_learned(self.network, problem(), horizon, factor, schedule or "constant")
+            if self.config.meta_loss == "log":
+                curve = log_loss(curve)
+            return protocol.tail_mean(curve, protocol.FINAL_FRACTION).item()
+
+        params = [p for p in self.network.parameters() if p.requires_grad]
+        grads, scores = antithetic_gradient(
+            params,
+            score,
+            pairs=self.config.es_pairs,
+            sigma=self.config.es_sigma,
+            generator=self.generator,
+            masks=[self.gradient_masks.get(id(p)) for p in params],
+        )
+        finite = [s for s in scores if math.isfinite(s)]
+        mean = torch.tensor([sum(finite) / len(finite) if finite else math.inf])
+        if self.world_size > 1:
+            _all_reduce_mean([*grads, mean])
+        self.meta_optimizer.zero_grad()
+        for p, grad in zip(params, grads, strict=True):
+            p.grad = grad
+        if self.config.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, self.config.clip_grad_norm)
+        if all(torch.isfinite(grad).all() for grad in grads):
+            self.meta_optimizer.step()
+        return mean.item()
 
     def validation_problem(self, index: int) -> Problem:
         """Validation problem ``index``: seed ``VALIDATION_SEED + index``, from the family of a mixture that

@@ -1,0 +1,116 @@
+import math
+
+import pytest
+import torch
+from conftest import quick_config
+
+from learned_torch_optim import CoordinatewiseLSTM
+from learned_torch_optim.meta import MetaTrainer, TrainConfig
+from learned_torch_optim.meta.es import antithetic_gradient
+from learned_torch_optim.meta.widen import added_weights, widen
+
+
+def test_the_estimate_of_a_quadratic_is_its_gradient_and_the_weights_come_back():
+    target = torch.tensor([1.0, -2.0, 0.5])
+    params = [torch.tensor([0.3, 0.1, -0.4]), torch.tensor([[2.0]])]
+    before = [p.clone() for p in params]
+
+    def score() -> float:
+        return float(((params[0] - target) ** 2).sum() + 3 * params[1].sum() ** 2)
+
+    generator = torch.Generator().manual_seed(0)
+    grads, scores = antithetic_gradient(params, score, pairs=4000, sigma=0.1, generator=generator)
+    assert all(torch.equal(p, b) for p, b in zip(params, before, strict=True))
+    assert len(scores) == 8000
+    assert torch.allclose(grads[0], 2 * (before[0] - target), atol=0.3)
+    assert torch.allclose(grads[1], torch.tensor([[12.0]]), atol=0.6)
+
+
+def test_masked_weights_are_never_perturbed_and_get_no_gradient():
+    params = [torch.zeros(4)]
+    seen = []
+
+    def score() -> float:
+        seen.append(params[0].clone())
+        return float(params[0].sum())
+
+    mask = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    grads, _ = antithetic_gradient(
+        params, score, pairs=5, sigma=0.5, generator=torch.Generator().manual_seed(1), masks=[mask]
+    )
+    assert all(torch.equal(s[1::2], torch.zeros(2)) for s in seen) and all(s[0] != 0 for s in seen)
+    assert torch.equal(grads[0][1::2], torch.zeros(2)) and torch.all(grads[0][0::2] != 0)
+
+
+def test_a_pair_with_a_diverged_run_is_left_out():
+    params = [torch.zeros(2)]
+    calls = iter(range(100))
+
+    def score() -> float:  # the first pair diverges; the others see a linear function
+        return math.inf if next(calls) < 2 else float(params[0] @ torch.tensor([1.0, -1.0]))
+
+    grads, scores = antithetic_gradient(params, score, pairs=3, sigma=0.1, generator=torch.Generator().manual_seed(2))
+    assert math.isinf(scores[0]) and all(math.isfinite(s) for s in scores[2:])
+    assert torch.isfinite(grads[0]).all() and grads[0].abs().sum() > 0
+
+
+def es_config(**overrides) -> TrainConfig:
+    settings = dict(meta_gradient="es", es_pairs=2, es_sigma=0.05, meta_loss="log", lr_schedules=["warmup-cosine"])
+    return quick_config(**{**settings, **overrides})
+
+
+def test_es_meta_training_moves_the_weights_resumes_exactly_and_says_so_on_the_card(tmp_path):
+    whole = MetaTrainer(es_config(), tmp_path / "whole")
+    start = {name: tensor.clone() for name, tensor in whole.network.state_dict().items()}
+    whole.train(progress=False)
+    assert any(not torch.equal(start[name], t) for name, t in whole.network.state_dict().items())
+    assert all(math.isfinite(row["meta_loss"]) for row in whole.rows)
+    card = (tmp_path / "whole" / "README.md").read_text()
+    assert (
+        "| meta-gradient | evolution strategies on whole runs: 2 antithetic pairs per iteration, sigma 0.05 |" in card
+    )
+    assert "| meta-loss | the final log loss of each run" in card
+
+    MetaTrainer(es_config(iterations=2), tmp_path / "halves").train(progress=False)
+    resumed = MetaTrainer(es_config(), tmp_path / "halves")
+    resumed.train(resume=True, progress=False)
+    for name, tensor in whole.network.state_dict().items():
+        assert torch.equal(tensor, resumed.network.state_dict()[name]), name
+
+
+def test_es_trains_only_the_added_input_when_told(tmp_path):
+    MetaTrainer(quick_config(iterations=1), tmp_path / "first").train(progress=False)
+    start = CoordinatewiseLSTM.from_pretrained(tmp_path / "first")
+    tuned = MetaTrainer(
+        es_config(
+            init_from=str(tmp_path / "first"),
+            network_config={"lr_decay_input": True},
+            train_added_inputs_only=True,
+            es_sigma=0.5,
+            meta_lr=0.1,
+        ),
+        tmp_path / "tuned",
+    )
+    tuned.train_iteration()
+    widened, masks = widen(start, lr_decay_input=True), added_weights(start, lr_decay_input=True)
+    trained = tuned.network.state_dict()
+    for name, tensor in widened.state_dict().items():
+        kept = masks[name] == 0
+        assert torch.equal(trained[name][kept], tensor[kept]), name
+    assert any(
+        not torch.equal(trained[name][mask == 1], widened.state_dict()[name][mask == 1]) for name, mask in masks.items()
+    )
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"es_pairs": 0}, "es_pairs must be at least 1"),
+        ({"es_sigma": 0.0}, "es_sigma must be positive"),
+        ({"second_derivatives": True}, "options of the BPTT meta-gradient"),
+        ({"meta_gradient": "pes"}, "meta_gradient must be one of"),
+    ],
+)
+def test_bad_es_settings_are_refused(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        es_config(**overrides)
