@@ -814,14 +814,13 @@ class MetaTrainer:
             n = drawn.init_params().numel()
             scales = torch.exp((2 * torch.rand(n, generator=self.generator) - 1) * log_range)
 
-        def problem(drawn: Problem | None = None) -> Problem:  # the same problems and minibatch streams at each call
-            drawn = drawn or self.task.problems(seeds)
+        def problem(drawn: Problem) -> Problem:
             return (drawn if scales is None else RescaledProblem(drawn, scales)).to(self.device)
 
         horizon = self.horizon(self.iteration)
         schedule, factor = self._draw_lr()
-        if self.config.meta_gradient == "es":
-            return self._es_step(problem, horizon, schedule, factor)
+        if self.config.meta_gradient == "es":  # each run on the same problems and minibatch streams, drawn afresh
+            return self._es_step(lambda: problem(self.task.problems(seeds)), horizon, schedule, factor)
         return meta_iteration(
             self.network,
             self.meta_optimizer,
