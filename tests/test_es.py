@@ -54,6 +54,11 @@ def test_a_pair_with_a_diverged_run_is_left_out():
     assert torch.isfinite(grads[0]).all() and grads[0].abs().sum() > 0
 
 
+def test_readout_only_needs_added_inputs_only(tmp_path):
+    with pytest.raises(ValueError, match="give both"):
+        MetaTrainer(es_config(train_readout_only=True), tmp_path)
+
+
 def es_config(**overrides) -> TrainConfig:
     settings = dict(meta_gradient="es", es_pairs=2, es_sigma=0.05, meta_loss="log", lr_schedules=["warmup-cosine"])
     return quick_config(**{**settings, **overrides})
@@ -78,14 +83,17 @@ def test_es_meta_training_moves_the_weights_resumes_exactly_and_says_so_on_the_c
         assert torch.equal(tensor, resumed.network.state_dict()[name]), name
 
 
-def test_es_trains_only_the_added_input_when_told(tmp_path):
-    MetaTrainer(quick_config(iterations=1), tmp_path / "first").train(progress=False)
+@pytest.mark.parametrize("readout_only", [False, True])
+def test_es_trains_only_the_added_input_when_told(tmp_path, readout_only):
+    skip = {"preprocessing": "identity", "output_scale": 1.0, "hidden_size": 8, "readout_skip": True}
+    MetaTrainer(quick_config(iterations=1, network_config=skip), tmp_path / "first").train(progress=False)
     start = CoordinatewiseLSTM.from_pretrained(tmp_path / "first")
     tuned = MetaTrainer(
         es_config(
             init_from=str(tmp_path / "first"),
             network_config={"lr_decay_input": True},
             train_added_inputs_only=True,
+            train_readout_only=readout_only,
             es_sigma=0.5,
             meta_lr=0.1,
         ),
@@ -94,12 +102,13 @@ def test_es_trains_only_the_added_input_when_told(tmp_path):
     tuned.train_iteration()
     widened, masks = widen(start, lr_decay_input=True), added_weights(start, lr_decay_input=True)
     trained = tuned.network.state_dict()
+    moved = set()
     for name, tensor in widened.state_dict().items():
         kept = masks[name] == 0
         assert torch.equal(trained[name][kept], tensor[kept]), name
-    assert any(
-        not torch.equal(trained[name][mask == 1], widened.state_dict()[name][mask == 1]) for name, mask in masks.items()
-    )
+        if not torch.equal(trained[name], tensor):
+            moved.add(name)
+    assert moved == ({"readout.weight"} if readout_only else {"cells.0.weight_ih", "readout.weight"})
 
 
 @pytest.mark.parametrize(

@@ -286,6 +286,7 @@ MUST_KEEP_ON_RESUME = {  # for every setting --resume must keep, a value other t
     "init": "forget_bias",
     "init_from": "l2l-paper-quadratic",
     "train_added_inputs_only": True,
+    "train_readout_only": True,
     "network_rule": ["paper-cifar"],
     "param_scale": 2.0,
     "lr_schedules": ["warmup-cosine"],

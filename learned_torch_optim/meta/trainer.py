@@ -190,6 +190,12 @@ class TrainConfig:
         "own stay as they are",
         card="meta-trained: only the added inputs' weights",
     )
+    train_readout_only: bool = setting(
+        False,
+        "with --train-added-inputs-only: only the read-out's weights on the added inputs (with --readout-skip), so "
+        "an added input scales or shifts the output and the LSTM runs as before",
+        card="meta-trained: only the read-out's weights on them",
+    )
     network_rule: list[str] = setting(
         [],
         "meta-train one network per kind of parameter (paper 3.3) into a weight set: GLOB=NETWORK pairs (a shell "
@@ -672,11 +678,18 @@ class MetaTrainer:
             network.load_state_dict(widened.state_dict())
             network = network.to(self.device)
             if config.train_added_inputs_only:
-                self.gradient_masks |= _train_only_(network, added_weights(start, **added))
+                masks = added_weights(start, **added)
+                if config.train_readout_only:
+                    masks = {
+                        name: m if name.startswith("readout.") else torch.zeros_like(m) for name, m in masks.items()
+                    }
+                self.gradient_masks |= _train_only_(network, masks)
         elif config.train_added_inputs_only:
             raise ValueError("train_added_inputs_only needs init_from: the weights whose inputs are added to")
         else:
             network = CoordinatewiseLSTM(**config.network_config).to(self.device)
+        if config.train_readout_only and not config.train_added_inputs_only:
+            raise ValueError("train_readout_only restricts train_added_inputs_only: give both")
         if config.init == "adam":
             initialise_as_adam_(network)
         elif config.init == "forget_bias":
