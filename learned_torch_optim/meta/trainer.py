@@ -529,21 +529,38 @@ def meta_iteration(
         )
         meta_optimizer.zero_grad()
         (result.meta_loss / problem.num_problems).backward()
-        if average_across_processes:
-            for p in network.parameters():
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-            _all_reduce_mean([p.grad for p in network.parameters()])
-        if clip_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(network.parameters(), clip_grad_norm)
-        if all(torch.isfinite(p.grad).all() for p in network.parameters() if p.grad is not None):
-            meta_optimizer.step()
+        apply_meta_gradient(
+            list(network.parameters()),
+            meta_optimizer,
+            clip_grad_norm=clip_grad_norm,
+            average_across_processes=average_across_processes,
+        )
         params, state = result.params, result.state
         losses.append(result.losses / problem.num_problems)
     mean_loss = torch.cat(losses).mean().reshape(1)
     if average_across_processes:
         _all_reduce_mean([mean_loss])
     return mean_loss.item()
+
+
+def apply_meta_gradient(
+    params: list[torch.nn.Parameter],
+    meta_optimizer: torch.optim.Optimizer,
+    *,
+    clip_grad_norm: float | None,
+    average_across_processes: bool,
+) -> None:
+    """Step ``meta_optimizer`` on the ``.grad`` of ``params``: averaged over the processes (a missing one counts as
+    zero) with ``average_across_processes``, clipped to ``clip_grad_norm``, and skipped if not finite."""
+    if average_across_processes:
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        _all_reduce_mean([p.grad for p in params])
+    if clip_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
+    if all(torch.isfinite(p.grad).all() for p in params if p.grad is not None):
+        meta_optimizer.step()
 
 
 def initialise_as_adam_(network: CoordinatewiseLSTM) -> CoordinatewiseLSTM:
@@ -886,17 +903,19 @@ class MetaTrainer:
             generator=self.generator,
             masks=[self.gradient_masks.get(id(p)) for p in params],
         )
-        finite = [s for s in scores if math.isfinite(s)]
-        mean = torch.tensor([sum(finite) / len(finite) if finite else math.inf])
-        if self.world_size > 1:
-            _all_reduce_mean([*grads, mean])
         self.meta_optimizer.zero_grad()
         for p, grad in zip(params, grads, strict=True):
             p.grad = grad
-        if self.config.clip_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(params, self.config.clip_grad_norm)
-        if all(torch.isfinite(grad).all() for grad in grads):
-            self.meta_optimizer.step()
+        apply_meta_gradient(
+            params,
+            self.meta_optimizer,
+            clip_grad_norm=self.config.clip_grad_norm,
+            average_across_processes=self.world_size > 1,
+        )
+        finite = [s for s in scores if math.isfinite(s)]
+        mean = torch.tensor([sum(finite) / len(finite) if finite else math.inf])
+        if self.world_size > 1:
+            _all_reduce_mean([mean])
         return mean.item()
 
     def validation_problem(self, index: int) -> Problem:
