@@ -3,10 +3,11 @@ import math
 import pytest
 import torch
 from conftest import quick_config
+from torch import Tensor
 
-from learned_torch_optim import CoordinatewiseLSTM
+from learned_torch_optim import CoordinatewiseLSTM, load_weights
 from learned_torch_optim.meta import MetaTrainer, TrainConfig
-from learned_torch_optim.meta.es import antithetic_gradient
+from learned_torch_optim.meta.es import antithetic_gradient, centred_ranks
 from learned_torch_optim.meta.widen import added_weights, widen
 
 
@@ -100,6 +101,32 @@ def test_es_trains_only_the_added_input_when_told(tmp_path, readout_only):
         tmp_path / "tuned",
     )
     tuned.train_iteration()
+    assert_trained_only(tuned, start, {"readout.weight"} if readout_only else {"cells.0.weight_ih", "readout.weight"})
+
+
+def test_es_trains_only_the_added_inputs_magnitude_weight_when_told(tmp_path):
+    tuned = MetaTrainer(
+        es_config(
+            init_from="l2l-general-v2",
+            network_config={"lr_decay_input": True},
+            train_added_inputs_only=True,
+            train_readout_only=True,
+            train_magnitude_only=True,
+            es_sigma=0.5,
+            meta_lr=0.1,
+        ),
+        tmp_path,
+    )
+    tuned.train_iteration()
+    start = load_weights("l2l-general-v2")
+    assert_trained_only(tuned, start, {"readout.weight"})
+    trained, widened = tuned.network.readout.weight, widen(start, lr_decay_input=True).readout.weight
+    assert torch.equal(trained[0], widened[0]) and not torch.equal(trained[1], widened[1])
+
+
+def assert_trained_only(tuned: MetaTrainer, start: CoordinatewiseLSTM, expected: set[str]) -> None:
+    """``tuned``'s network moved from ``start`` widened with ``lr_decay_input`` in exactly the parameters
+    ``expected``, and only where the added input's masks allow."""
     widened, masks = widen(start, lr_decay_input=True), added_weights(start, lr_decay_input=True)
     trained = tuned.network.state_dict()
     moved = set()
@@ -108,7 +135,43 @@ def test_es_trains_only_the_added_input_when_told(tmp_path, readout_only):
         assert torch.equal(trained[name][kept], tensor[kept]), name
         if not torch.equal(trained[name], tensor):
             moved.add(name)
-    assert moved == ({"readout.weight"} if readout_only else {"cells.0.weight_ih", "readout.weight"})
+    assert moved == expected
+
+
+def test_magnitude_only_needs_readout_only_and_a_magnitude(tmp_path):
+    with pytest.raises(ValueError, match="give both"):
+        MetaTrainer(es_config(train_magnitude_only=True), tmp_path / "alone")
+    additive = es_config(
+        init_from="l2l-paper-quadratic",
+        network_config={"lr_decay_input": True},
+        train_added_inputs_only=True,
+        train_readout_only=True,
+        train_magnitude_only=True,
+    )
+    with pytest.raises(ValueError, match="'additive', which has no magnitude"):
+        MetaTrainer(additive, tmp_path / "additive")
+
+
+def test_centred_ranks_run_from_minus_a_half_to_a_half_and_share_ties():
+    assert centred_ranks([3.0, -1.0, 10.0]) == [0.0, -0.5, 0.5]
+    assert centred_ranks([2.0, 2.0, 1.0, 5.0, 2.0]) == [0.0, 0.0, -0.5, 0.5, 0.0]
+    assert centred_ranks([7.0]) == [0.0]
+
+
+def test_ranked_estimates_do_not_depend_on_the_scale_of_the_loss():
+    params = [torch.tensor([0.3, -0.2])]
+
+    def estimate(scale: float, ranks: bool) -> Tensor:
+        def score() -> float:
+            return scale * float(((params[0] - torch.tensor([1.0, 1.0])) ** 2).sum())
+
+        generator = torch.Generator().manual_seed(3)
+        return antithetic_gradient(params, score, pairs=50, sigma=0.1, generator=generator, ranks=ranks)[0][0]
+
+    assert torch.equal(estimate(1.0, ranks=True), estimate(1e4, ranks=True))
+    assert not torch.allclose(estimate(1.0, ranks=False), estimate(1e4, ranks=False))
+    descent = -estimate(1.0, ranks=True)  # still a descent direction: towards (1, 1)
+    assert descent[0] > 0 and descent[1] > 0
 
 
 @pytest.mark.parametrize(

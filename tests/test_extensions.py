@@ -4,6 +4,7 @@ the meta-training methods of later work (mixtures, random scaling, log meta-loss
 import importlib
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -295,6 +296,37 @@ def test_validation_by_the_final_loss_scores_the_last_tenth_of_the_horizon(tmp_p
     assert scores["mean"] == pytest.approx(0.9) and scores["final"] == pytest.approx(0.0, abs=1e-6)
     card = MetaTrainer(quick(validation_metric="final"), tmp_path / "card").recipe_markdown()
     assert "best validation log loss (mean over its last 10%)" in card
+
+
+def test_validation_against_the_start_counts_the_problems_made_worse_minus_better(tmp_path, monkeypatch):
+    """``validation_metric="final-vs-start"`` records the starting weights' final losses at the first validation
+    (scoring 0) and then scores (worse - better) / problems; a diverged run is worse; a resumed run keeps them."""
+    with pytest.raises(ValueError, match="compares with the starting weights: give init_from"):
+        MetaTrainer(quick(validation_metric="final-vs-start"), tmp_path / "fresh")
+    MetaTrainer(quick(iterations=1), tmp_path / "first").train(progress=False)
+    config = quick(
+        iterations=2,
+        init="default",
+        network_config={},
+        init_from=str(tmp_path / "first"),
+        validation_metric="final-vs-start",
+    )
+    config = replace(config, validation_problems=4, meta_lr_schedule="constant", horizon_curriculum=[])
+    tuned = MetaTrainer(config, tmp_path / "tuned")
+    finals = iter([[1.0, 2.0, 3.0, 4.0], [0.5, 2.0, 3.5, math.nan]])
+    protocol = importlib.import_module("learned_torch_optim.meta.evaluation.protocol")
+    monkeypatch.setattr(protocol, "tail_mean", lambda curves, fraction: torch.tensor(next(finals)).log())
+    assert tuned.validate() == 0.0 and tuned.start_scores == pytest.approx([0.0, math.log(2), math.log(3), math.log(4)])
+    assert tuned.validate() == pytest.approx((2 - 1) / 4)  # 0.5 better, 2.0 equal, 3.5 and the diverged run worse
+    monkeypatch.undo()
+    tuned = MetaTrainer(replace(config, iterations=1), tmp_path / "tuned")
+    tuned.train(progress=False)
+    assert len(tuned.start_scores) == 4
+    resumed = MetaTrainer(config, tmp_path / "tuned")
+    resumed.train(resume=True, progress=False)
+    assert resumed.start_scores == tuned.start_scores and resumed.rows[-1]["iteration"] == 2
+    card = (tmp_path / "tuned" / "README.md").read_text()
+    assert "| best validation: problems worse than the starting weights' minus better, as a share |" in card
 
 
 def test_validation_per_family_takes_the_families_of_a_mixture_in_turn(tmp_path):

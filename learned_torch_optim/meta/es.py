@@ -10,8 +10,12 @@ Gaussian-smoothed ``E_eps L(phi + sigma eps)`` from ``N`` pairs of runs::
     g     = 1 / (2 sigma N) * sum_i (L(phi + sigma eps_i) - L(phi - sigma eps_i)) eps_i
 
 Both runs of a pair see the same problems and minibatches, so their difference is the network's doing. A pair with a
-diverged run (a score that is not finite) is left out of the sum (and of ``N``).  Nothing is differentiated: a run
-costs a forward pass of the optimizer, whatever its length, in the memory of one run.
+diverged run (a score that is not finite) is left out of the sum (and of ``N``).  With ``ranks`` each score ``L`` is
+replaced by its centred rank among the ``2N`` scores, from -1/2 (the lowest) to 1/2 (the highest) (the fitness
+shaping of Salimans et al. 2017): the estimate no longer depends on the scale of the problems' losses, so an iteration
+on a problem whose log loss moves by 2 weighs as much as one on a problem whose log loss moves by 0.01.
+
+Nothing is differentiated: a run costs a forward pass of the optimizer, whatever its length, in the memory of one run.
 """
 
 from __future__ import annotations
@@ -31,18 +35,19 @@ def antithetic_gradient(
     sigma: float,
     generator: torch.Generator,
     masks: Sequence[Tensor | None] | None = None,
+    ranks: bool = False,
 ) -> tuple[list[Tensor], list[float]]:
     """The estimate ``g`` above for ``params`` (one tensor per parameter, on ``params``'s devices) and the scores of
     the ``2 * pairs`` runs, in order ``+eps_1, -eps_1, +eps_2, ...``.
 
     ``score()`` runs the network whose weights ``params`` are and returns ``L``; ``params`` are set to each
     perturbation in place and given back their values exactly at the end.  ``masks[k]`` (1 where a weight trains)
-    restricts the perturbations of ``params[k]``; ``eps`` is drawn on the CPU from ``generator``."""
+    restricts the perturbations of ``params[k]``; ``eps`` is drawn on the CPU from ``generator``.  ``ranks``: shape
+    the scores into centred ranks."""
     masks = list(masks) if masks is not None else [None] * len(params)
     originals = [p.detach().clone() for p in params]
-    estimate = [torch.zeros_like(p) for p in params]
     scores: list[float] = []
-    counted = 0
+    counted: list[tuple[list[Tensor], list[float]]] = []  # the noise and the scores of each pair left in
     try:
         for _ in range(pairs):
             noise = [torch.randn(p.shape, generator=generator).to(p.device) for p in params]
@@ -55,11 +60,34 @@ def antithetic_gradient(
                 pair.append(score())
             scores += pair
             if all(math.isfinite(s) for s in pair):
-                counted += 1
-                for total, eps in zip(estimate, noise, strict=True):
-                    total.add_(eps, alpha=(pair[0] - pair[1]) / (2 * sigma))
+                counted.append((noise, pair))
     finally:
         with torch.no_grad():
             for p, original in zip(params, originals, strict=True):
                 p.copy_(original)
-    return [total / max(counted, 1) for total in estimate], scores
+    if ranks and counted:
+        shaped = centred_ranks([s for _, pair in counted for s in pair])
+        counted = [(noise, shaped[2 * i : 2 * i + 2]) for i, (noise, _) in enumerate(counted)]
+    estimate = [torch.zeros_like(p) for p in params]
+    for noise, (plus, minus) in counted:
+        for total, eps in zip(estimate, noise, strict=True):
+            total.add_(eps, alpha=(plus - minus) / (2 * sigma))
+    return [total / max(len(counted), 1) for total in estimate], scores
+
+
+def centred_ranks(scores: Sequence[float]) -> list[float]:
+    """Each score's rank among ``scores``, scaled to [-1/2, 1/2] (0 for a single score); equal scores share the mean
+    of their ranks."""
+    if len(scores) < 2:
+        return [0.0] * len(scores)
+    order = sorted(range(len(scores)), key=scores.__getitem__)
+    ranks = [0.0] * len(scores)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and scores[order[end + 1]] == scores[order[start]]:
+            end += 1
+        for position in range(start, end + 1):
+            ranks[order[position]] = (start + end) / 2
+        start = end + 1
+    return [rank / (len(scores) - 1) - 0.5 for rank in ranks]

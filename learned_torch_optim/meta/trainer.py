@@ -56,7 +56,7 @@ FINE_TUNING_CHANGES = ("momentum_decays", "step_timescales", "lr_decay_input", *
 MetaLrSchedule = Literal["constant", "cosine"]
 MetaLoss = Literal["sum", "log"]
 MetaGradient = Literal["bptt", "es"]
-ValidationMetric = Literal["mean", "final"]
+ValidationMetric = Literal["mean", "final", "final-vs-start"]
 Initialisation = Literal["default", "forget_bias", "adam"]
 NetworkOptions = dict[str, Any]
 """Keyword arguments of :class:`CoordinatewiseLSTM`, i.e. (part of) the network's config, as in ``config.json``."""
@@ -133,7 +133,11 @@ def _meta_loss_row(trainer: MetaTrainer) -> str:
 def _meta_gradient_row(trainer: MetaTrainer) -> str:
     c = trainer.config
     if c.meta_gradient == "es":
-        return f"evolution strategies on whole runs: {c.es_pairs} antithetic pairs per iteration, sigma {c.es_sigma}"
+        shaping = ", scores as centred ranks" if c.es_ranks else ""
+        return (
+            f"evolution strategies on whole runs: {c.es_pairs} antithetic pairs per iteration, sigma {c.es_sigma}"
+            + shaping
+        )
     return f"truncated BPTT, unroll {c.unroll}"
 
 
@@ -196,6 +200,12 @@ class TrainConfig:
         "an added input scales or shifts the output and the LSTM runs as before",
         card="meta-trained: only the read-out's weights on them",
     )
+    train_magnitude_only: bool = setting(
+        False,
+        "with --train-readout-only: only the magnitude's read-out weights (--output direction_magnitude), so the added "
+        "inputs scale the update and leave its direction as it was",
+        card="meta-trained: only the magnitude's weights on them",
+    )
     network_rule: list[str] = setting(
         [],
         "meta-train one network per kind of parameter (paper 3.3) into a weight set: GLOB=NETWORK pairs (a shell "
@@ -243,6 +253,12 @@ class TrainConfig:
     es_pairs: int = setting(8, "with --meta-gradient es: antithetic pairs of runs per iteration", card=None)
     es_sigma: float = setting(
         0.01, "with --meta-gradient es: the standard deviation of the perturbations of the weights", card=None
+    )
+    es_ranks: bool = setting(
+        False,
+        "with --meta-gradient es: replace each iteration's scores by their centred ranks (Salimans et al. 2017), so "
+        "every problem weighs the same whatever the scale of its loss",
+        card=None,
     )
     meta_lr: float = setting(
         1e-3,
@@ -328,7 +344,9 @@ class TrainConfig:
     validation_metric: ValidationMetric = setting(
         "mean",
         "what validation scores (and the best network is kept by): the mean over the horizon, or the final loss, "
-        "the mean over its last 10% (the suite's final loss); of the log loss with --meta-loss log",
+        "the mean over its last 10% (the suite's final loss); of the log loss with --meta-loss log. final-vs-start "
+        "(with --init-from): the share of problems whose final loss is above the starting weights' minus the share "
+        "below it, from -1 (lower on every problem) to 1, as the suite counts wins",
         card=None,
     )
     validate_every: int = setting(50, "iterations between validations", card=None)
@@ -648,6 +666,9 @@ class MetaTrainer:
         self.generator = torch.Generator().manual_seed(config.seed)
         self.iteration = 0
         self.best_metric = math.inf
+        self.start_scores: list[float] = []
+        """With ``validation_metric="final-vs-start"``: each validation problem's final loss under the starting
+        weights."""
         self.best_state = copy.deepcopy(self.network.state_dict())
         self.elapsed = 0.0
         self.rows: list[dict[str, Any]] = []
@@ -700,6 +721,13 @@ class MetaTrainer:
                     masks = {
                         name: m if name.startswith("readout.") else torch.zeros_like(m) for name, m in masks.items()
                     }
+                if config.train_magnitude_only:
+                    if network.output != "direction_magnitude":
+                        raise ValueError(
+                            f"train_magnitude_only: the weights' output is {network.output!r}, which has no magnitude"
+                        )
+                    masks["readout.weight"][0] = 0
+                    masks["readout.bias"][0] = 0
                 self.gradient_masks |= _train_only_(network, masks)
         elif config.train_added_inputs_only:
             raise ValueError("train_added_inputs_only needs init_from: the weights whose inputs are added to")
@@ -707,6 +735,10 @@ class MetaTrainer:
             network = CoordinatewiseLSTM(**config.network_config).to(self.device)
         if config.train_readout_only and not config.train_added_inputs_only:
             raise ValueError("train_readout_only restricts train_added_inputs_only: give both")
+        if config.train_magnitude_only and not config.train_readout_only:
+            raise ValueError("train_magnitude_only restricts train_readout_only: give both")
+        if config.validation_metric == "final-vs-start" and config.init_from is None:
+            raise ValueError("validation_metric='final-vs-start' compares with the starting weights: give init_from")
         if config.init == "adam":
             initialise_as_adam_(network)
         elif config.init == "forget_bias":
@@ -729,6 +761,7 @@ class MetaTrainer:
             "best_network": self.best_state,
             "elapsed": self.elapsed,
             "init_sha256": self.init_sha256,
+            "start_scores": self.start_scores,
         }
 
     def save_checkpoint(self) -> None:
@@ -805,6 +838,7 @@ class MetaTrainer:
         torch.set_rng_state(checkpoint["torch_rng"])
         self.best_metric = checkpoint["best_metric"]
         self.best_state = checkpoint["best_network"]
+        self.start_scores = checkpoint.get("start_scores", [])
         self.elapsed = checkpoint["elapsed"]
         metrics = self.out_dir / METRICS
         rows = _read_metrics(metrics) if metrics.exists() else []
@@ -902,6 +936,7 @@ class MetaTrainer:
             sigma=self.config.es_sigma,
             generator=self.generator,
             masks=[self.gradient_masks.get(id(p)) for p in params],
+            ranks=self.config.es_ranks,
         )
         self.meta_optimizer.zero_grad()
         for p, grad in zip(params, grads, strict=True):
@@ -929,7 +964,10 @@ class MetaTrainer:
     def validate(self) -> float:
         """Mean loss (log loss with ``meta_loss="log"``) over the horizon, or over its last
         :data:`~.evaluation.protocol.FINAL_FRACTION` with ``validation_metric="final"``, on fixed held-out problems
-        of the training distribution, at the network's ``nominal_lr`` under the run's schedules in turn."""
+        of the training distribution, at the network's ``nominal_lr`` under the run's schedules in turn.  With
+        ``"final-vs-start"``: the share of these problems whose final loss is above the starting weights' minus the
+        share below (a diverged run is above), 0 for the starting weights, whose final losses the first call
+        records."""
         from .evaluation import protocol
 
         problems = [self.validation_problem(i).to(self.device) for i in range(self.config.validation_problems)]
@@ -943,8 +981,13 @@ class MetaTrainer:
         )
         if self.config.meta_loss == "log":
             curves = log_loss(curves)
-        if self.config.validation_metric == "final":
+        if self.config.validation_metric != "mean":
             curves = protocol.tail_mean(curves, protocol.FINAL_FRACTION)
+        if self.config.validation_metric == "final-vs-start":
+            finals = curves.nan_to_num(math.inf, math.inf).tolist()
+            if not self.start_scores:
+                self.start_scores = finals
+            return sum((f > s) - (f < s) for f, s in zip(finals, self.start_scores, strict=True)) / len(finals)
         metric = curves.mean().item()
         return metric if math.isfinite(metric) else math.inf
 
@@ -1066,7 +1109,11 @@ class MetaTrainer:
         best validation loss, the command and the validation history."""
         validation = [r for r in self.rows if "validation_loss" in r]
         log = "log " if self.config.meta_loss == "log" else ""
-        span = "mean over the horizon" if self.config.validation_metric == "mean" else "mean over its last 10%"
+        best = {
+            "mean": f"best validation {log}loss (mean over the horizon)",
+            "final": f"best validation {log}loss (mean over its last 10%)",
+            "final-vs-start": "best validation: problems worse than the starting weights' minus better, as a share",
+        }[self.config.validation_metric]
         lines = [
             "## Meta-training recipe",
             "",
@@ -1085,7 +1132,7 @@ class MetaTrainer:
                 lines.append(f"| {label} | {row(self)} |")
         lines += [
             f"| wall time | {self.elapsed / 60:.1f} min |",
-            f"| best validation {log}loss ({span}) | {self.best_metric:.5g} |",
+            f"| {best} | {self.best_metric:.5g} |",
             "",
         ]
         if self.config.command:
