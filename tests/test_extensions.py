@@ -327,6 +327,7 @@ def test_validation_against_the_start_counts_the_problems_made_worse_minus_bette
     assert resumed.start_scores == tuned.start_scores and resumed.rows[-1]["iteration"] == 2
     card = (tmp_path / "tuned" / "README.md").read_text()
     assert "| best validation: problems worse than the starting weights' minus better, as a share |" in card
+    assert "| iteration | worse minus better |" in card
 
 
 def test_validation_per_family_takes_the_families_of_a_mixture_in_turn(tmp_path):

@@ -1138,6 +1138,7 @@ class MetaTrainer:
         if self.config.command:
             lines += ["Command:", "", "```bash", self.config.command, "```", ""]
         if validation:
-            lines += ["Validation during training:", "", "| iteration | validation loss |", "| ---: | ---: |"]
+            column = "worse minus better" if self.config.validation_metric == "final-vs-start" else "validation loss"
+            lines += ["Validation during training:", "", f"| iteration | {column} |", "| ---: | ---: |"]
             lines += [f"| {r['iteration']} | {r['validation_loss']:.5g} |" for r in validation]
         return "\n".join(lines)
