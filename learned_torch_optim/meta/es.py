@@ -78,16 +78,8 @@ def antithetic_gradient(
 def centred_ranks(scores: Sequence[float]) -> list[float]:
     """Each score's rank among ``scores``, scaled to [-1/2, 1/2] (0 for a single score); equal scores share the mean
     of their ranks."""
-    if len(scores) < 2:
-        return [0.0] * len(scores)
-    order = sorted(range(len(scores)), key=scores.__getitem__)
-    ranks = [0.0] * len(scores)
-    start = 0
-    while start < len(order):
-        end = start
-        while end + 1 < len(order) and scores[order[end + 1]] == scores[order[start]]:
-            end += 1
-        for position in range(start, end + 1):
-            ranks[order[position]] = (start + end) / 2
-        start = end + 1
-    return [rank / (len(scores) - 1) - 0.5 for rank in ranks]
+    n = len(scores)
+    if n < 2:
+        return [0.0] * n
+    ranks = [sum(t < s for t in scores) + (sum(t == s for t in scores) - 1) / 2 for s in scores]
+    return [rank / (n - 1) - 0.5 for rank in ranks]

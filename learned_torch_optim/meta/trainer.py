@@ -1109,10 +1109,13 @@ class MetaTrainer:
         best validation loss, the command and the validation history."""
         validation = [r for r in self.rows if "validation_loss" in r]
         log = "log " if self.config.meta_loss == "log" else ""
-        best = {
-            "mean": f"best validation {log}loss (mean over the horizon)",
-            "final": f"best validation {log}loss (mean over its last 10%)",
-            "final-vs-start": "best validation: problems worse than the starting weights' minus better, as a share",
+        best, column = {
+            "mean": (f"best validation {log}loss (mean over the horizon)", "validation loss"),
+            "final": (f"best validation {log}loss (mean over its last 10%)", "validation loss"),
+            "final-vs-start": (
+                "best validation: problems worse than the starting weights' minus better, as a share",
+                "worse minus better",
+            ),
         }[self.config.validation_metric]
         lines = [
             "## Meta-training recipe",
@@ -1138,7 +1141,6 @@ class MetaTrainer:
         if self.config.command:
             lines += ["Command:", "", "```bash", self.config.command, "```", ""]
         if validation:
-            column = "worse minus better" if self.config.validation_metric == "final-vs-start" else "validation loss"
             lines += ["Validation during training:", "", f"| iteration | {column} |", "| ---: | ---: |"]
             lines += [f"| {r['iteration']} | {r['validation_loss']:.5g} |" for r in validation]
         return "\n".join(lines)
