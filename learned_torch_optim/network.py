@@ -25,7 +25,9 @@ coordinate: 0 at a constant or rising lr (so the input changes nothing there), t
 whatever the lr's scale (so the network can tell where a schedule is; VeLO and Celo2 give theirs the fraction of
 training done, which a ``torch.optim`` optimizer does not know).  With ``readout_skip`` the read-out sees
 ``[o_t, x_t]``; with ``output="direction_magnitude"`` it gives two numbers ``d, r`` and
-``u_t = output_scale * d * exp(magnitude_scale * r)`` (Wichrowska et al. 2017; Metz et al. 2020).  With
+``u_t = output_scale * d * exp(magnitude_scale * r)`` (Wichrowska et al. 2017; Metz et al. 2020); with
+``linear_direction`` ``d`` is a linear map of the gradient inputs alone (``pre(g_t)`` and ``pre(mhat_beta)``, no
+bias), so the step vanishes with them as Adam's does, and the LSTM sets only the magnitude ``r``.  With
 ``update_clip = c`` every coordinate's update is clipped to ``[-c, c]`` (a bounded output).  With
 ``gradient_rms_clip = k`` (``"adam_normalized"`` only) each gradient is first clipped to its running root mean
 square, ``g_t <- clip(g_t, -k sqrt(vhat_t-1), k sqrt(vhat_t-1))``, before it enters the inputs and the averages (a
@@ -192,6 +194,12 @@ class NetworkConfig:
     readout_skip: bool = option(False, "the read-out also sees the inputs (not in the paper)", SWITCH)
     output: Output = option("additive", '"additive" (the paper) or "direction_magnitude"', one_of(Output))
     magnitude_scale: float = option(1.0, 'the factor inside the exponential of "direction_magnitude"', POSITIVE)
+    linear_direction: bool = option(
+        False,
+        'the direction of "direction_magnitude" is a linear map of the gradient inputs alone (no bias, no LSTM '
+        "output, no step-count or lr inputs), so it vanishes with them as Adam's step does (not in the paper)",
+        SWITCH,
+    )
     update_clip: float | None = option(None, "bound on each coordinate's update |u_t| (none in the paper: None)", CLIP)
     gradient_rms_clip: float | None = option(
         None,
@@ -218,6 +226,12 @@ class NetworkConfig:
         if self.gradient_rms_clip is not None and self.preprocessing != "adam_normalized":
             raise ValueError(
                 f"gradient_rms_clip needs preprocessing='adam_normalized' (the running RMS), got {self.preprocessing!r}"
+            )
+        sees_inputs = self.readout_skip or not self.num_layers
+        if self.linear_direction and (self.output != "direction_magnitude" or not sees_inputs):
+            raise ValueError(
+                "linear_direction needs output='direction_magnitude' and a read-out that sees the inputs "
+                f"(readout_skip=True or num_layers=0), got output={self.output!r}, readout_skip={self.readout_skip!r}"
             )
 
     def as_dict(self) -> dict[str, Any]:
@@ -362,6 +376,30 @@ class CoordinatewiseLSTM(
             values = [f"{name}.{part}" for name in values for part in ("log", "sign")]
         return values + [f"t{tau:g}" for tau in self.step_timescales] + ["lr_decay"] * self.lr_decay_input
 
+    def readout_parameters(self) -> tuple[Tensor, Tensor]:
+        """The read-out's weight and bias as the rule uses them: with ``linear_direction``, times
+        :meth:`readout_masks`."""
+        weight, bias = self.readout.weight, self.readout.bias
+        if not self.linear_direction:
+            return weight, bias
+        weight_mask, bias_mask = self.readout_masks()
+        return weight * weight_mask, bias * bias_mask
+
+    def readout_masks(self) -> tuple[Tensor, Tensor]:
+        """1 for each read-out weight and bias the rule uses, 0 for the others: with ``linear_direction`` the
+        direction's row (row 0) uses only its weights on the gradient inputs (``g`` and the momenta); otherwise all
+        ones."""
+        weight, bias = self.readout.weight, self.readout.bias
+        weight_mask = torch.ones(weight.shape, device=weight.device, dtype=weight.dtype)
+        bias_mask = torch.ones(bias.shape, device=bias.device, dtype=bias.dtype)
+        if self.linear_direction:
+            first = self.hidden_size if self.num_layers else 0
+            gradient_inputs = self.inputs_per_value * (1 + len(self.momentum_decays))
+            weight_mask[0, :first] = 0
+            weight_mask[0, first + gradient_inputs :] = 0
+            bias_mask[0] = 0
+        return weight_mask, bias_mask
+
     def initial_state(
         self, n: int, *, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
     ) -> Tensor:
@@ -451,7 +489,7 @@ class CoordinatewiseLSTM(
             new_state += [x, c]
         if self.readout_skip and self.num_layers:
             x = torch.cat((x, inputs), dim=1)
-        out = self.readout(x)
+        out = torch.nn.functional.linear(x, *self.readout_parameters())
         if self.output == "direction_magnitude":
             update = self.output_scale * out[:, 0] * torch.exp(self.magnitude_scale * out[:, 1])
         else:

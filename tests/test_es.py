@@ -55,11 +55,6 @@ def test_a_pair_with_a_diverged_run_is_left_out():
     assert torch.isfinite(grads[0]).all() and grads[0].abs().sum() > 0
 
 
-def test_readout_only_needs_added_inputs_only(tmp_path):
-    with pytest.raises(ValueError, match="give both"):
-        MetaTrainer(es_config(train_readout_only=True), tmp_path)
-
-
 def es_config(**overrides) -> TrainConfig:
     settings = dict(meta_gradient="es", es_pairs=2, es_sigma=0.05, meta_loss="log", lr_schedules=["warmup-cosine"])
     return quick_config(**{**settings, **overrides})
@@ -122,6 +117,27 @@ def test_es_trains_only_the_added_inputs_magnitude_weight_when_told(tmp_path):
     assert_trained_only(tuned, start, {"readout.weight"})
     trained, widened = tuned.network.readout.weight, widen(start, lr_decay_input=True).readout.weight
     assert torch.equal(trained[0], widened[0]) and not torch.equal(trained[1], widened[1])
+
+
+def test_a_linear_direction_fine_tune_trains_only_the_read_out_weights_it_uses(tmp_path):
+    tuned = MetaTrainer(
+        es_config(
+            init_from="l2l-general-v3",
+            network_config={"linear_direction": True},
+            train_readout_only=True,
+            es_sigma=0.5,
+            meta_lr=0.1,
+        ),
+        tmp_path,
+    )
+    tuned.train_iteration()
+    start, trained = load_weights("l2l-general-v3").state_dict(), tuned.network.state_dict()
+    assert all(torch.equal(trained[name], start[name]) for name in start if not name.startswith("readout."))
+    used, _ = tuned.network.readout_masks()
+    weight = trained["readout.weight"]
+    assert torch.equal(weight[used == 0], torch.zeros(int((used == 0).sum()))) and trained["readout.bias"][0] == 0
+    assert not torch.equal(weight[0, 20:24], start["readout.weight"][0, 20:24])
+    assert not torch.equal(weight[1], start["readout.weight"][1])
 
 
 def assert_trained_only(tuned: MetaTrainer, start: CoordinatewiseLSTM, expected: set[str]) -> None:

@@ -49,6 +49,8 @@ CONFIGS = [
     dict(DEFAULT_FORM, lr_decay_input=True),
     dict(hidden_size=4, num_layers=2, preprocessing="log_sign", lr_decay_input=True),
     dict(hidden_size=4, num_layers=0, preprocessing="identity", lr_decay_input=True),
+    dict(DEFAULT_FORM, lr_decay_input=True, linear_direction=True),
+    dict(DEFAULT_FORM, num_layers=0, linear_direction=True),
 ]
 LR_DECAY = 0.37
 """``delta_t`` of the block tests (networks without ``lr_decay_input`` ignore it)."""
@@ -58,7 +60,8 @@ TOLERANCE = dict(rtol=1e-5, atol=1e-6)
 def config_id(config: dict) -> str:
     options = [f"L{config['num_layers']}", config["preprocessing"]]
     options += [name for name in ("momentum_decays", "step_timescales", "readout_skip") if config.get(name)]
-    options += [name for name in ("output", "update_clip", "gradient_rms_clip", "lr_decay_input") if config.get(name)]
+    extras = ("output", "update_clip", "gradient_rms_clip", "lr_decay_input", "linear_direction")
+    options += [name for name in extras if config.get(name)]
     return "-".join(options)
 
 

@@ -74,6 +74,8 @@ def test_state_size_is_80_floats_for_the_paper_network():
         ({"num_layers": -1}, "num_layers"),
         ({"preprocessing": "log"}, "preprocessing"),
         ({"preprocessing_p": 0.0}, "preprocessing_p"),
+        ({"linear_direction": True}, "linear_direction"),
+        ({"linear_direction": True, "output": "direction_magnitude", "num_layers": 1}, "linear_direction"),
     ],
 )
 def test_bad_config_names_the_argument(kwargs, name):
@@ -109,3 +111,32 @@ def test_gradients_flow_to_network_parameters(network):
     update, new_state = network(torch.randn(10), torch.randn(10, network.state_size))
     (update.sum() + new_state.sum()).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in network.parameters())
+
+
+LINEAR_DIRECTION = dict(
+    hidden_size=6,
+    num_layers=1,
+    preprocessing="adam_normalized",
+    momentum_decays=[0.5, 0.9],
+    step_timescales=[10.0],
+    readout_skip=True,
+    output="direction_magnitude",
+    lr_decay_input=True,
+    linear_direction=True,
+)
+
+
+def test_a_linear_direction_uses_only_the_gradient_inputs_and_vanishes_with_them():
+    torch.manual_seed(0)
+    network = CoordinatewiseLSTM(**LINEAR_DIRECTION)
+    grad, state = torch.randn(50), torch.randn(50, network.state_size).abs()
+    update, _ = network(grad, state, lr_decay=0.3)
+    with torch.no_grad():  # what the direction does not use may hold anything
+        network.readout.weight[0, :6] = 5.0
+        network.readout.weight[0, 6 + 3 :] = -7.0
+        network.readout.bias[0] = 2.0
+    assert torch.equal(network(grad, state, lr_decay=0.3)[0], update)
+    g = torch.zeros(50)  # a first step with a zero gradient: every gradient input is 0, the LSTM's output is not
+    assert torch.equal(network(g, network.initial_state(50), lr_decay=0.3)[0], torch.zeros(50))
+    network.readout.weight.data[0, 6 + 1] += 1.0  # a used weight: the direction's on the first momentum
+    assert not torch.equal(network(grad, state, lr_decay=0.3)[0], update)

@@ -38,11 +38,12 @@ IMPLEMENTED_OPTIONS = frozenset(
         "gradient_rms_clip",
         "nominal_lr",
         "lr_decay_input",
+        "linear_direction",
     }
 )
 """The network options the blocked step and the compiled kernels compute (``nominal_lr`` only scales ``lr``, which
-the optimizer does before any implementation; ``lr_decay_input`` is folded into the biases by
-:func:`.blocked.pack_network`; ``tests/test_kernels.py`` tests each
+the optimizer does before any implementation; ``lr_decay_input`` is folded into the biases and ``linear_direction``'s
+mask into the read-out by :func:`.blocked.pack_network`; ``tests/test_kernels.py`` tests each
 against ``CoordinatewiseLSTM.forward``).  An option added to the network is not among them until they learn it."""
 
 

@@ -89,7 +89,7 @@ def pack_network(network: CoordinatewiseLSTM, device: torch.device, lr_decay: fl
     input_weights = [cell.weight_ih for cell in network.cells]
     hidden_weights = [cell.weight_hh for cell in network.cells]
     biases = [cell.bias_ih + cell.bias_hh for cell in network.cells]
-    readout_weight, readout_bias = network.readout.weight, network.readout.bias
+    readout_weight, readout_bias = network.readout_parameters()
     if network.lr_decay_input:
         column = network.num_inputs - 1
         if network.num_layers:

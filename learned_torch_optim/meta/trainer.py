@@ -48,7 +48,7 @@ CHECKPOINT_KEYS = (
 )
 """The entries of a checkpoint that resuming needs."""
 VALIDATION_SEED = 10**9
-WEIGHTLESS_OPTIONS = ("update_clip", "gradient_rms_clip", "nominal_lr")
+WEIGHTLESS_OPTIONS = ("update_clip", "gradient_rms_clip", "nominal_lr", "linear_direction")
 """Network options that fine-tuning can set to any value: step bounds and the lr's unit, which add no weights."""
 FINE_TUNING_CHANGES = ("momentum_decays", "step_timescales", "lr_decay_input", *WEIGHTLESS_OPTIONS)
 """The network options that fine-tuning (``TrainConfig.init_from``) may change in the starting weights' config."""
@@ -196,15 +196,15 @@ class TrainConfig:
     )
     train_readout_only: bool = setting(
         False,
-        "with --train-added-inputs-only: only the read-out's weights on the added inputs (with --readout-skip), so "
-        "an added input scales or shifts the output and the LSTM runs as before",
-        card="meta-trained: only the read-out's weights on them",
+        "meta-train only the read-out (with --train-added-inputs-only: its weights on the added inputs, with "
+        "--readout-skip), so the LSTM runs as before",
+        card="meta-trained: only the read-out",
     )
     train_magnitude_only: bool = setting(
         False,
-        "with --train-readout-only: only the magnitude's read-out weights (--output direction_magnitude), so the added "
-        "inputs scale the update and leave its direction as it was",
-        card="meta-trained: only the magnitude's weights on them",
+        "with --train-readout-only: only the magnitude's read-out weights (--output direction_magnitude), so the "
+        "update's direction stays as it was",
+        card="meta-trained: only the magnitude's read-out",
     )
     network_rule: list[str] = setting(
         [],
@@ -493,8 +493,8 @@ def _train_only_(network: CoordinatewiseLSTM, masks: dict[str, torch.Tensor]) ->
             param.requires_grad_(False)
     if not trainable:
         raise ValueError(
-            "train_added_inputs_only: the network flags add no input to the starting weights (give --lr-decay-input, "
-            "--momentum-decays or --step-timescales with new values)"
+            "nothing left to meta-train: with train_added_inputs_only the network flags must add an input to the "
+            "starting weights (give --lr-decay-input, --momentum-decays or --step-timescales with new values)"
         )
     return kept
 
@@ -696,6 +696,7 @@ class MetaTrainer:
         """A network as the run starts it: from ``start`` (a network of ``init_from``, widened to
         ``network_config``) or freshly drawn, then initialised as ``init`` says."""
         config = self.config
+        masks: dict[str, torch.Tensor] | None = None  # by parameter name, 1 for each weight that meta-trains
         if start is not None:
             start_config = start.config
             wanted = CoordinatewiseLSTM(**{**start_config, **config.network_config}).config
@@ -717,26 +718,28 @@ class MetaTrainer:
             network = network.to(self.device)
             if config.train_added_inputs_only:
                 masks = added_weights(start, **added)
-                if config.train_readout_only:
-                    masks = {
-                        name: m if name.startswith("readout.") else torch.zeros_like(m) for name, m in masks.items()
-                    }
-                if config.train_magnitude_only:
-                    if network.output != "direction_magnitude":
-                        raise ValueError(
-                            f"train_magnitude_only: the weights' output is {network.output!r}, which has no magnitude"
-                        )
-                    masks["readout.weight"][0] = 0
-                    masks["readout.bias"][0] = 0
-                self.gradient_masks |= _train_only_(network, masks)
         elif config.train_added_inputs_only:
             raise ValueError("train_added_inputs_only needs init_from: the weights whose inputs are added to")
         else:
             network = CoordinatewiseLSTM(**config.network_config).to(self.device)
-        if config.train_readout_only and not config.train_added_inputs_only:
-            raise ValueError("train_readout_only restricts train_added_inputs_only: give both")
-        if config.train_magnitude_only and not config.train_readout_only:
-            raise ValueError("train_magnitude_only restricts train_readout_only: give both")
+        if config.train_readout_only or config.train_magnitude_only or network.linear_direction:
+            masks = masks or {name: torch.ones_like(p) for name, p in network.named_parameters()}
+            if config.train_readout_only:
+                masks = {name: m if name.startswith("readout.") else torch.zeros_like(m) for name, m in masks.items()}
+            if config.train_magnitude_only:
+                if not config.train_readout_only:
+                    raise ValueError("train_magnitude_only restricts train_readout_only: give both")
+                if network.output != "direction_magnitude":
+                    raise ValueError(
+                        f"train_magnitude_only: the weights' output is {network.output!r}, which has no magnitude"
+                    )
+                masks["readout.weight"][0] = 0
+                masks["readout.bias"][0] = 0
+            weight_mask, bias_mask = network.readout_masks()  # the weights linear_direction leaves unused stay 0
+            masks["readout.weight"] = masks["readout.weight"] * weight_mask
+            masks["readout.bias"] = masks["readout.bias"] * bias_mask
+        if masks is not None:
+            self.gradient_masks |= _train_only_(network, masks)
         if config.validation_metric == "final-vs-start" and config.init_from is None:
             raise ValueError("validation_metric='final-vs-start' compares with the starting weights: give init_from")
         if config.init == "adam":
@@ -745,6 +748,11 @@ class MetaTrainer:
             with torch.no_grad():
                 for cell in network.cells:
                     cell.bias_ih[cell.hidden_size : 2 * cell.hidden_size] += 1.0
+        if network.linear_direction:
+            weight_mask, bias_mask = network.readout_masks()
+            with torch.no_grad():
+                network.readout.weight.mul_(weight_mask)
+                network.readout.bias.mul_(bias_mask)
         return network
 
     # -- checkpoints -------------------------------------------------------------------------------------------
