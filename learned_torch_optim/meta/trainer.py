@@ -493,8 +493,8 @@ def _train_only_(network: CoordinatewiseLSTM, masks: dict[str, torch.Tensor]) ->
             param.requires_grad_(False)
     if not trainable:
         raise ValueError(
-            "nothing left to meta-train: with train_added_inputs_only the network flags must add an input to the "
-            "starting weights (give --lr-decay-input, --momentum-decays or --step-timescales with new values)"
+            "train_added_inputs_only: the network flags add no input to the starting weights (give --lr-decay-input, "
+            "--momentum-decays or --step-timescales with new values)"
         )
     return kept
 
