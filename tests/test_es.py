@@ -140,6 +140,20 @@ def test_a_linear_direction_fine_tune_trains_only_the_read_out_weights_it_uses(t
     assert not torch.equal(weight[1], start["readout.weight"][1])
 
 
+def test_the_linear_direction_schedule_recipe_trains_one_weight(tmp_path):
+    """The recipe of `l2l-general-v4` (docs/meta-training.md) perturbs the lr input's magnitude weight alone."""
+    config = es_config(
+        init_from="l2l-general-v2",
+        network_config={"lr_decay_input": True, "linear_direction": True},
+        train_added_inputs_only=True,
+        train_readout_only=True,
+        train_magnitude_only=True,
+    )
+    trainer = MetaTrainer(config, tmp_path)
+    (mask,) = trainer.gradient_masks.values()
+    assert mask.shape == trainer.network.readout.weight.shape and mask.sum() == 1 and mask[1, -1] == 1
+
+
 def assert_trained_only(tuned: MetaTrainer, start: CoordinatewiseLSTM, expected: set[str]) -> None:
     """``tuned``'s network moved from ``start`` widened with ``lr_decay_input`` in exactly the parameters
     ``expected``, and only where the added input's masks allow."""
