@@ -84,35 +84,32 @@ def test_es_trains_only_the_added_input_when_told(tmp_path, readout_only):
     skip = {"preprocessing": "identity", "output_scale": 1.0, "hidden_size": 8, "readout_skip": True}
     MetaTrainer(quick_config(iterations=1, network_config=skip), tmp_path / "first").train(progress=False)
     start = CoordinatewiseLSTM.from_pretrained(tmp_path / "first")
-    tuned = MetaTrainer(
-        es_config(
-            init_from=str(tmp_path / "first"),
-            network_config={"lr_decay_input": True},
-            train_added_inputs_only=True,
-            train_readout_only=readout_only,
-            es_sigma=0.5,
-            meta_lr=0.1,
-        ),
+    tuned = one_es_iteration(
         tmp_path / "tuned",
+        init_from=str(tmp_path / "first"),
+        network_config={"lr_decay_input": True},
+        train_added_inputs_only=True,
+        train_readout_only=readout_only,
     )
-    tuned.train_iteration()
     assert_trained_only(tuned, start, {"readout.weight"} if readout_only else {"cells.0.weight_ih", "readout.weight"})
 
 
-def test_es_trains_only_the_added_inputs_magnitude_weight_when_told(tmp_path):
-    tuned = MetaTrainer(
-        es_config(
-            init_from="l2l-general-v2",
-            network_config={"lr_decay_input": True},
-            train_added_inputs_only=True,
-            train_readout_only=True,
-            train_magnitude_only=True,
-            es_sigma=0.5,
-            meta_lr=0.1,
-        ),
-        tmp_path,
-    )
+def one_es_iteration(tmp_path, **settings) -> MetaTrainer:
+    """A fine-tune with large perturbations and steps after one ES iteration, so every weight it trains moves."""
+    tuned = MetaTrainer(es_config(es_sigma=0.5, meta_lr=0.1, **settings), tmp_path)
     tuned.train_iteration()
+    return tuned
+
+
+def test_es_trains_only_the_added_inputs_magnitude_weight_when_told(tmp_path):
+    tuned = one_es_iteration(
+        tmp_path,
+        init_from="l2l-general-v2",
+        network_config={"lr_decay_input": True},
+        train_added_inputs_only=True,
+        train_readout_only=True,
+        train_magnitude_only=True,
+    )
     start = load_weights("l2l-general-v2")
     assert_trained_only(tuned, start, {"readout.weight"})
     trained, widened = tuned.network.readout.weight, widen(start, lr_decay_input=True).readout.weight
@@ -120,17 +117,9 @@ def test_es_trains_only_the_added_inputs_magnitude_weight_when_told(tmp_path):
 
 
 def test_a_linear_direction_fine_tune_trains_only_the_read_out_weights_it_uses(tmp_path):
-    tuned = MetaTrainer(
-        es_config(
-            init_from="l2l-general-v3",
-            network_config={"linear_direction": True},
-            train_readout_only=True,
-            es_sigma=0.5,
-            meta_lr=0.1,
-        ),
-        tmp_path,
+    tuned = one_es_iteration(
+        tmp_path, init_from="l2l-general-v3", network_config={"linear_direction": True}, train_readout_only=True
     )
-    tuned.train_iteration()
     start, trained = load_weights("l2l-general-v3").state_dict(), tuned.network.state_dict()
     assert all(torch.equal(trained[name], start[name]) for name in start if not name.startswith("readout."))
     used, _ = tuned.network.readout_masks()
