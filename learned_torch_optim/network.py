@@ -16,14 +16,17 @@ a magnitude-direction form.  With ``t`` the coordinate's step count and ``beta2 
 
     m_beta,t  = beta m_beta,t-1 + (1 - beta) g_t,   mhat = m_beta,t / (1 - beta^t)    # momentum_decays
     v_t       = beta2 v_t-1 + (1 - beta2) g_t^2,    vhat = v_t / (1 - beta2^t)        # "adam_normalized"
-    x_t       = [pre(g_t), pre(mhat_beta) for each beta, tanh(t / tau) for each tau in step_timescales, delta_t]
+    x_t       = [pre(g_t), pre(mhat_beta) for each beta, tanh(t / tau) for each tau in step_timescales, delta_t, rho_t]
 
 where ``pre`` is the log/sign preprocessing, the identity, or ``z / (sqrt(vhat) + 1e-8)`` (``"adam_normalized"``,
 Adam's normalisation, which makes the inputs invariant to the gradient's scale).  With ``lr_decay_input`` the last
 input is ``delta_t = 1 - lr_t / max_{k <= t} lr_k``, how far a schedule has decayed the lr, the same for every
 coordinate: 0 at a constant or rising lr (so the input changes nothing there), towards 1 as a schedule decays it,
 whatever the lr's scale (so the network can tell where a schedule is; VeLO and Celo2 give theirs the fraction of
-training done, which a ``torch.optim`` optimizer does not know).  With ``readout_skip`` the read-out sees
+training done, which a ``torch.optim`` optimizer does not know).  With ``lr_warmup_input`` the last input is
+``rho_t = 1 - lr_1 / max_{k <= t} lr_k``, how far a warm-up has raised the lr above the run's first one: 0 at a
+constant or decaying lr, near 1 once a warm-up is under way (a warm-up announces a decay to come, under which a larger
+step pays; :func:`lr_inputs` computes both).  With ``readout_skip`` the read-out sees
 ``[o_t, x_t]``; with ``output="direction_magnitude"`` it gives two numbers ``d, r`` and
 ``u_t = output_scale * d * exp(magnitude_scale * r)`` (Wichrowska et al. 2017; Metz et al. 2020); with
 ``linear_direction`` ``d`` is a linear map of the gradient inputs alone (``pre(g_t)`` and ``pre(mhat_beta)``, no
@@ -92,6 +95,22 @@ def preprocess_log_sign(grad: Tensor, p: float) -> Tensor:
     log_part = torch.where(large, torch.log(magnitude.clamp_min(math.exp(-p))) / p, -1.0)
     sign_part = torch.where(large, torch.sign(grad), math.exp(p) * grad)
     return torch.stack((log_part, sign_part), dim=-1)
+
+
+LR_INPUT_NAMES = ("lr_decay", "lr_warmup")
+"""The inputs the lr's history gives (``lr_decay_input``, ``lr_warmup_input``), in the order of :func:`lr_inputs`."""
+
+
+def lr_inputs(lr: float | Tensor, first_lr: float | Tensor, peak_lr: float | Tensor) -> Tensor:
+    """``(delta_t, rho_t) = (1 - lr / peak_lr, 1 - first_lr / peak_lr)``, float32, shape ``(..., 2)`` for
+    broadcastable ``lr`` (the lr of this step), ``first_lr`` (of the run's first step) and ``peak_lr`` (the largest
+    so far, this step's included); zeros where ``peak_lr`` is 0.  The one definition of the lr inputs, used by the
+    optimizer (from the lrs its param group has had) and the meta-trainer (from a schedule's factors)."""
+    lr, first_lr, peak_lr = (torch.as_tensor(value, dtype=torch.float32) for value in (lr, first_lr, peak_lr))
+    positive = peak_lr > 0
+    peak = torch.where(positive, peak_lr, 1.0)
+    values = torch.stack(torch.broadcast_tensors(1 - lr / peak, 1 - first_lr / peak), dim=-1)
+    return torch.where(positive.unsqueeze(-1), values, 0.0)
 
 
 def _is_number(value: object) -> bool:
@@ -216,6 +235,12 @@ class NetworkConfig:
     lr_decay_input: bool = option(
         False, "an input 1 - lr / the largest lr of the run so far, the schedule's decay (not in the paper)", SWITCH
     )
+    lr_warmup_input: bool = option(
+        False,
+        "an input 1 - the run's first lr / its largest lr so far, how far a warm-up has raised the lr (not in the "
+        "paper)",
+        SWITCH,
+    )
 
     def __post_init__(self) -> None:
         for declared in fields(self):
@@ -313,9 +338,8 @@ class CoordinatewiseLSTM(
                 "this means weights written by a newer learned-torch-optim: upgrade it"
             )
         self.options = NetworkConfig(*args, **options)
-        self.num_inputs = (
-            self.inputs_per_value * (1 + len(self.momentum_decays)) + len(self.step_timescales) + self.lr_decay_input
-        )
+        gradient_inputs = self.inputs_per_value * (1 + len(self.momentum_decays))
+        self.num_inputs = gradient_inputs + len(self.step_timescales) + len(self.lr_input_columns)
         self.cells = nn.ModuleList(
             nn.LSTMCell(self.num_inputs if layer == 0 else self.hidden_size, self.hidden_size)
             for layer in range(self.num_layers)
@@ -343,7 +367,7 @@ class CoordinatewiseLSTM(
             self.preprocessing in ("log_sign", "identity")
             and not self.accumulator_size
             and not self.step_timescales
-            and not self.lr_decay_input
+            and not self.lr_input_columns
             and not self.readout_skip
             and self.output == "additive"
             and self.update_clip is None
@@ -368,13 +392,20 @@ class CoordinatewiseLSTM(
         return self.lstm_state_size + self.accumulator_size
 
     @property
+    def lr_input_columns(self) -> list[int]:
+        """Which of :func:`lr_inputs`' values (0: ``delta_t``, 1: ``rho_t``) the network takes, in order; they are
+        its last inputs."""
+        return [k for k, used in enumerate((self.lr_decay_input, self.lr_warmup_input)) if used]
+
+    @property
     def input_names(self) -> list[str]:
-        """One name per network input, in order (``g``, ``m0.9``, ``t100``, ``lr_decay``; log/sign pairs get
-        ``.log``/``.sign``)."""
+        """One name per network input, in order (``g``, ``m0.9``, ``t100``, ``lr_decay``, ``lr_warmup``; log/sign
+        pairs get ``.log``/``.sign``)."""
         values = ["g", *(f"m{beta:g}" for beta in self.momentum_decays)]
         if self.preprocessing == "log_sign":
             values = [f"{name}.{part}" for name in values for part in ("log", "sign")]
-        return values + [f"t{tau:g}" for tau in self.step_timescales] + ["lr_decay"] * self.lr_decay_input
+        timescales = [f"t{tau:g}" for tau in self.step_timescales]
+        return values + timescales + [LR_INPUT_NAMES[k] for k in self.lr_input_columns]
 
     def readout_parameters(self) -> tuple[Tensor, Tensor]:
         """The read-out's weight and bias as the rule uses them: with ``linear_direction``, times
@@ -423,24 +454,25 @@ class CoordinatewiseLSTM(
         return torch.where(previous_second_moment > 0, torch.maximum(torch.minimum(grad, bound), -bound), grad)
 
     def features(
-        self, grad: Tensor, accumulators: Tensor | None = None, lr_decay: float | Tensor = 0.0
+        self, grad: Tensor, accumulators: Tensor | None = None, lr_state: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
         """The network's inputs for gradients ``grad`` of shape ``(n,)`` and the coordinates' accumulators (the
         tail of their state, shape ``(n, accumulator_size)``; ``None``: a first step): ``(inputs of shape
-        (n, num_inputs), new accumulators)``.  ``lr_decay`` is ``delta_t``, the input of ``lr_decay_input`` (unused
-        without it)."""
+        (n, num_inputs), new accumulators)``.  ``lr_state`` is :func:`lr_inputs`' ``(delta_t, rho_t)``, of which
+        the network takes :attr:`lr_input_columns` (``None``: zeros)."""
         if accumulators is None:
             accumulators = grad.new_zeros(grad.shape[0], self.accumulator_size)
         if not self.accumulator_size:
             x = self._preprocess(grad.unsqueeze(-1), None)
         else:
             x, accumulators = self._gradient_features(grad, accumulators)
-        if self.lr_decay_input:
-            x = torch.cat((x, torch.as_tensor(lr_decay, dtype=x.dtype, device=x.device).expand(x.shape[0], 1)), dim=1)
+        if columns := self.lr_input_columns:
+            values = x.new_zeros(len(LR_INPUT_NAMES)) if lr_state is None else lr_state.to(x)
+            x = torch.cat((x, values[columns].expand(x.shape[0], len(columns))), dim=1)
         return x, accumulators
 
     def _gradient_features(self, grad: Tensor, accumulators: Tensor) -> tuple[Tensor, Tensor]:
-        """:meth:`features` of a network with accumulators, but ``delta_t``."""
+        """:meth:`features` of a network with accumulators, but the lr inputs."""
         step = accumulators[:, -1] + 1
         if self.gradient_rms_clip is not None:
             grad = self._clip_to_rms(grad, accumulators[:, len(self.momentum_decays)], step)
@@ -461,20 +493,20 @@ class CoordinatewiseLSTM(
             x = torch.cat((x, torch.tanh(step.unsqueeze(-1) / timescales)), dim=1)
         return x, torch.stack((*new, step), dim=-1)
 
-    def forward(self, grad: Tensor, state: Tensor, lr_decay: float | Tensor = 0.0) -> tuple[Tensor, Tensor]:
+    def forward(self, grad: Tensor, state: Tensor, lr_state: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """One step of the rule for ``n`` coordinates.
 
         Args:
             grad: gradients, shape ``(n,)``.
             state: per-coordinate state, shape ``(n, state_size)``.
-            lr_decay: ``delta_t``, 1 - the lr over the largest lr of the run so far, for a network with
-                ``lr_decay_input`` (others ignore it).
+            lr_state: :func:`lr_inputs`' ``(delta_t, rho_t)`` at this step, for a network with
+                ``lr_decay_input`` or ``lr_warmup_input`` (others ignore it; ``None``: a constant lr).
 
         Returns:
             ``(update, new_state)``: the additive updates ``u_t``, shape ``(n,)``, and the new state.
         """
         lstm_state, accumulators = state.split((self.lstm_state_size, self.accumulator_size), dim=1)
-        inputs, accumulators = self.features(grad, accumulators, lr_decay)
+        inputs, accumulators = self.features(grad, accumulators, lr_state)
         x, new_state = inputs, []
         for layer, cell in enumerate(self.cells):
             h, c = lstm_state[:, 2 * layer * self.hidden_size : (2 * layer + 2) * self.hidden_size].chunk(2, dim=1)

@@ -21,7 +21,7 @@ from torch.distributed.tensor import DTensor
 from torch.optim.optimizer import Optimizer, ParamsT
 
 from .kernels import implements, step_in_blocks
-from .network import CoordinatewiseLSTM
+from .network import CoordinatewiseLSTM, lr_inputs
 from .weight_set import WeightSet
 from .weights import resolve_weights
 
@@ -68,12 +68,12 @@ def learned_step(
     lr: float | Tensor,
     weight_decay: float,
     maximize: bool,
-    lr_decay: float = 0.0,
+    lr_state: Tensor | None = None,
 ) -> bool:
     """Apply ``theta <- theta * (1 - lr * weight_decay) + lr * m(g)`` to tensors of one device and dtype.
 
     The reference implementation: all coordinates of ``params`` go through one call of ``network`` in fp32 (the
-    state may be stored in any floating dtype), with ``lr_decay`` its input ``delta_t`` if it has one.  A coordinate
+    state may be stored in any floating dtype), with ``lr_state`` its lr inputs if it has any.  A coordinate
     whose gradient is NaN or infinite keeps its parameter and state unchanged.  Returns whether every gradient was
     finite.
     """
@@ -88,7 +88,7 @@ def learned_step(
     if not all_finite:
         grad = torch.where(finite, grad, 0.0)
 
-    update, new_state = network(grad, state.float(), lr_decay)
+    update, new_state = network(grad, state.float(), lr_state)
     theta = torch.cat([p.reshape(-1) for p in real_params]).float()
     new_theta = theta.mul(1 - lr * weight_decay) if weight_decay else theta.clone()
     new_theta.add_(update * lr)
@@ -134,12 +134,14 @@ def choose_implementation(implementation: str, device: torch.device, network: Co
     return "blocked"
 
 
-def _lr_decay(group: dict[str, Any]) -> float:
-    """``delta_t``, the input of networks with ``lr_decay_input``: 1 - the group's lr over the largest it has had,
-    which the group keeps as ``"peak_lr"`` (so a checkpoint resumes it).  0 at a constant or rising lr (or lr 0)."""
+def _lr_state(group: dict[str, Any]) -> Tensor:
+    """:func:`~.network.lr_inputs` ``(delta_t, rho_t)`` of ``group`` at its lr now, from the lr of its first step and
+    the largest it has had, which the group keeps as ``"first_lr"`` and ``"peak_lr"`` (so a checkpoint resumes
+    them)."""
     lr = float(group["lr"])
+    group.setdefault("first_lr", lr)
     group["peak_lr"] = peak = max(float(group.get("peak_lr", lr)), lr)
-    return 1 - lr / peak if peak > 0 else 0.0
+    return lr_inputs(lr, group["first_lr"], peak)
 
 
 LR_RANGE = 30.0
@@ -391,7 +393,7 @@ class LearnedOptimizer(Optimizer):
                 lr=group["lr"] / network.nominal_lr,
                 weight_decay=group["weight_decay"] * network.nominal_lr,
                 maximize=group["maximize"],
-                lr_decay=_lr_decay(group) if network.lr_decay_input else 0.0,
+                lr_state=_lr_state(group) if network.lr_input_columns else None,
             )
             buckets = Optimizer._group_tensors_by_device_and_dtype(tensors)
             for (device, _), ((b_params, b_grads, b_states, b_steps), _) in buckets.items():

@@ -1,6 +1,7 @@
 """The options beyond the paper: richer per-coordinate inputs, magnitude-direction output, Adam initialisation, and
 the meta-training methods of later work (mixtures, random scaling, log meta-loss, horizon curriculum)."""
 
+import copy
 import importlib
 import json
 import math
@@ -355,6 +356,7 @@ def test_validation_per_family_takes_the_families_of_a_mixture_in_turn(tmp_path)
         {"momentum_decays": [0.9], "step_timescales": [10.0], "readout_skip": True},
         {**RICH, "momentum_decays": [0.9, 0.1234567, 0.12345671], "step_timescales": [1e6, 1000001.0]},
         {**RICH, "lr_decay_input": True},
+        {**RICH, "lr_warmup_input": True},
     ],
 )
 def test_widened_network_computes_the_same_updates_until_trained(config):
@@ -363,38 +365,43 @@ def test_widened_network_computes_the_same_updates_until_trained(config):
     with torch.no_grad():
         for param in narrow.parameters():
             param.normal_(0, 0.3)
-    wide = widen(narrow, momentum_decays=[0.9, 0.999], step_timescales=[1000.0, 10000.0], lr_decay_input=True)
-    assert set(narrow.input_names) < set(wide.input_names) and wide.input_names[-1] == "lr_decay"
+    added = dict(momentum_decays=[0.9, 0.999], step_timescales=[1000.0, 10000.0])
+    wide = widen(narrow, **added, lr_decay_input=True, lr_warmup_input=True)
+    assert set(narrow.input_names) < set(wide.input_names) and wide.input_names[-2:] == ["lr_decay", "lr_warmup"]
     narrow_state, wide_state = narrow.initial_state(40), wide.initial_state(40)
     for step in range(20):
-        grad, lr_decay = torch.randn(40) * 0.1, step / 20
-        narrow_update, narrow_state = narrow(grad, narrow_state, lr_decay)
-        wide_update, wide_state = wide(grad, wide_state, lr_decay)
+        grad, lr_state = torch.randn(40) * 0.1, torch.tensor([step / 20, 1 - step / 40])
+        narrow_update, narrow_state = narrow(grad, narrow_state, lr_state)
+        wide_update, wide_state = wide(grad, wide_state, lr_state)
         torch.testing.assert_close(wide_update, narrow_update, rtol=1e-5, atol=1e-8)
-    with torch.no_grad():
-        wide.readout.weight[:, -1] = 1.0
-    assert not torch.equal(wide(grad, wide_state, 0.5)[0], narrow(grad, narrow_state, 0.5)[0])
+    for column in (-1, -2):
+        changed = copy.deepcopy(wide)
+        with torch.no_grad():
+            changed.readout.weight[:, column] = 1.0
+        assert not torch.equal(changed(grad, wide_state, lr_state)[0], narrow(grad, narrow_state, lr_state)[0])
 
 
-def test_lr_decay_input_sees_how_far_the_schedule_fell_below_its_largest_factor(monkeypatch):
+def test_the_lr_inputs_see_how_far_the_schedule_fell_below_and_rose_above_its_first_factor(monkeypatch):
     import learned_torch_optim.meta.trainer as trainer_module
 
     seen = []
 
-    def recording_unroll(*args, lr_decays=None, **kwargs):
-        seen.append(lr_decays)
-        return unroll(*args, lr_decays=lr_decays, **kwargs)
+    def recording_unroll(*args, lr_states=None, **kwargs):
+        seen.append(lr_states)
+        return unroll(*args, lr_states=lr_states, **kwargs)
 
     unroll = trainer_module.unroll
     monkeypatch.setattr(trainer_module, "unroll", recording_unroll)
-    network = CoordinatewiseLSTM(**RICH, lr_decay_input=True)
+    network = CoordinatewiseLSTM(**RICH, lr_decay_input=True, lr_warmup_input=True)
     factors = torch.tensor([0.5, 1.0, 2.0, 1.0, 0.5, 4.0])
     problem = QuadraticTask(dims=3).problem(0)
     trainer_module.meta_iteration(
         network, torch.optim.Adam(network.parameters()), problem, horizon=6, unroll_length=3, lr_factors=factors
     )
-    torch.testing.assert_close(torch.cat(seen), torch.tensor([0.0, 0.0, 0.0, 0.5, 0.75, 0.0]))
-    assert network.cells[0].weight_ih.grad[:, -1].abs().sum() > 0  # the input's weights are meta-trained
+    decay, warmup = torch.cat(seen).unbind(dim=1)
+    torch.testing.assert_close(decay, torch.tensor([0.0, 0.0, 0.0, 0.5, 0.75, 0.0]))
+    torch.testing.assert_close(warmup, torch.tensor([0.0, 0.5, 0.75, 0.75, 0.75, 0.875]))
+    assert network.cells[0].weight_ih.grad[:, -2:].abs().sum(dim=0).min() > 0  # both inputs' weights meta-train
 
 
 def test_fine_tuning_can_train_only_the_added_inputs(tmp_path):

@@ -51,16 +51,19 @@ CONFIGS = [
     dict(hidden_size=4, num_layers=0, preprocessing="identity", lr_decay_input=True),
     dict(DEFAULT_FORM, lr_decay_input=True, linear_direction=True),
     dict(DEFAULT_FORM, num_layers=0, linear_direction=True),
+    dict(DEFAULT_FORM, lr_warmup_input=True),
+    dict(DEFAULT_FORM, lr_decay_input=True, lr_warmup_input=True, linear_direction=True),
+    dict(hidden_size=4, num_layers=0, preprocessing="identity", lr_decay_input=True, lr_warmup_input=True),
 ]
-LR_DECAY = 0.37
-"""``delta_t`` of the block tests (networks without ``lr_decay_input`` ignore it)."""
+LR_STATE = torch.tensor([0.37, 0.81])
+"""``(delta_t, rho_t)`` of the block tests (networks without lr inputs ignore them)."""
 TOLERANCE = dict(rtol=1e-5, atol=1e-6)
 
 
 def config_id(config: dict) -> str:
     options = [f"L{config['num_layers']}", config["preprocessing"]]
     options += [name for name in ("momentum_decays", "step_timescales", "readout_skip") if config.get(name)]
-    extras = ("output", "update_clip", "gradient_rms_clip", "lr_decay_input", "linear_direction")
+    extras = ("output", "update_clip", "gradient_rms_clip", "lr_decay_input", "lr_warmup_input", "linear_direction")
     options += [name for name in extras if config.get(name)]
     return "-".join(options)
 
@@ -105,11 +108,11 @@ def native_kernel(packed):
 @pytest.mark.parametrize("use_native", [False, True], ids=["torch", "native"])
 def test_block_math_equals_the_network(config, use_native):
     network = make_network(config)
-    packed = pack_network(network, CPU, LR_DECAY)
+    packed = pack_network(network, CPU, LR_STATE)
     n = 333
     grad, state = random_inputs(network, n)
     with torch.no_grad():
-        expected_update, expected_state = network(grad, state, LR_DECAY)
+        expected_update, expected_state = network(grad, state, LR_STATE)
     new_state = state.clone()
     if use_native:
         if not network.num_layers:

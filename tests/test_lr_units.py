@@ -83,10 +83,11 @@ def test_a_scheduler_may_take_lr_anywhere_after_construction():
 
 
 @pytest.mark.parametrize("implementation", ["reference", "fused", "blocked"])
-def test_an_lr_decay_network_sees_how_far_lr_fell_below_its_largest_value(implementation):
+def test_a_network_with_lr_inputs_sees_how_far_lr_fell_below_its_largest_and_rose_above_its_first(implementation):
     torch.manual_seed(0)
-    network = CoordinatewiseLSTM(**{**load_weights("l2l-general-v2").config, "lr_decay_input": True})
-    factors = [0.2, 1.0, 0.5, 0.25, 2.0, 1.0]  # delta: 0, 0, 0.5, 0.75, 0, 0.5
+    config = {**load_weights("l2l-general-v2").config, "lr_decay_input": True, "lr_warmup_input": True}
+    network = CoordinatewiseLSTM(**config)
+    factors = [0.2, 1.0, 0.5, 0.25, 2.0, 1.0]  # delta: 0, 0, 0.5, 0.75, 0, 0.5; rho: 0, 0.8, 0.8, 0.8, 0.9, 0.9
     grads = torch.randn(len(factors), 30)
     param = torch.nn.Parameter(torch.randn(30))
     expected, state = param.detach().clone(), network.initial_state(30)
@@ -96,13 +97,14 @@ def test_an_lr_decay_network_sees_how_far_lr_fell_below_its_largest_value(implem
     for factor, grad in zip(factors, grads):
         peak = max(peak, factor)
         with torch.no_grad():
-            update, state = network(grad, state, 1 - factor / peak)
+            update, state = network(grad, state, torch.tensor([1 - factor / peak, 1 - factors[0] / peak]))
         expected += factor * update
         param.grad = grad.clone()
         optimizer.step()
         scheduler.step()
     torch.testing.assert_close(param.detach(), expected, rtol=1e-5, atol=1e-7)
-    assert optimizer.state_dict()["param_groups"][0]["peak_lr"] == pytest.approx(2e-3)  # a checkpoint resumes it
+    group = optimizer.state_dict()["param_groups"][0]  # a checkpoint resumes them
+    assert group["peak_lr"] == pytest.approx(2e-3) and group["first_lr"] == pytest.approx(2e-4)
 
 
 def _quickstart():

@@ -130,13 +130,13 @@ def test_a_linear_direction_uses_only_the_gradient_inputs_and_vanishes_with_them
     torch.manual_seed(0)
     network = CoordinatewiseLSTM(**LINEAR_DIRECTION)
     grad, state = torch.randn(50), torch.randn(50, network.state_size).abs()
-    update, _ = network(grad, state, lr_decay=0.3)
+    update, _ = network(grad, state, lr_state=torch.tensor([0.3, 0.0]))
     with torch.no_grad():  # what the direction does not use may hold anything
         network.readout.weight[0, :6] = 5.0
         network.readout.weight[0, 6 + 3 :] = -7.0
         network.readout.bias[0] = 2.0
-    assert torch.equal(network(grad, state, lr_decay=0.3)[0], update)
+    assert torch.equal(network(grad, state, lr_state=torch.tensor([0.3, 0.0]))[0], update)
     g = torch.zeros(50)  # a first step with a zero gradient: every gradient input is 0, the LSTM's output is not
-    assert torch.equal(network(g, network.initial_state(50), lr_decay=0.3)[0], torch.zeros(50))
+    assert torch.equal(network(g, network.initial_state(50), lr_state=torch.tensor([0.3, 0.0]))[0], torch.zeros(50))
     network.readout.weight.data[0, 6 + 1] += 1.0  # a used weight: the direction's on the first momentum
-    assert not torch.equal(network(grad, state, lr_decay=0.3)[0], update)
+    assert not torch.equal(network(grad, state, lr_state=torch.tensor([0.3, 0.0]))[0], update)

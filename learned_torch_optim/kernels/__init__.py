@@ -38,11 +38,12 @@ IMPLEMENTED_OPTIONS = frozenset(
         "gradient_rms_clip",
         "nominal_lr",
         "lr_decay_input",
+        "lr_warmup_input",
         "linear_direction",
     }
 )
 """The network options the blocked step and the compiled kernels compute (``nominal_lr`` only scales ``lr``, which
-the optimizer does before any implementation; ``lr_decay_input`` is folded into the biases and ``linear_direction``'s
+the optimizer does before any implementation; the lr inputs are folded into the biases and ``linear_direction``'s
 mask into the read-out by :func:`.blocked.pack_network`; ``tests/test_kernels.py`` tests each
 against ``CoordinatewiseLSTM.forward``).  An option added to the network is not among them until they learn it."""
 
@@ -88,12 +89,12 @@ def step_in_blocks(
     weight_decay: float,
     maximize: bool,
     compiled: bool,
-    lr_decay: float = 0.0,
+    lr_state: Tensor | None = None,
 ) -> bool:
-    """:func:`.blocked.blocked_step` with the path of :func:`select_kernel`, ``lr_decay`` the input ``delta_t`` of a
-    network with ``lr_decay_input``.  Returns whether every gradient was finite."""
+    """:func:`.blocked.blocked_step` with the path of :func:`select_kernel`, ``lr_state`` the lr inputs of a network
+    with any (``CoordinatewiseLSTM.forward``).  Returns whether every gradient was finite."""
     device = params[0].device
-    packed = pack_network(network, device, lr_decay)
+    packed = pack_network(network, device, lr_state)
     path, kernel = select_kernel(packed, device, compiled)
     return blocked_step(
         params,

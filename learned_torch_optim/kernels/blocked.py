@@ -33,7 +33,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from ..network import CoordinatewiseLSTM, NetworkConfig
+from ..network import LR_INPUT_NAMES, CoordinatewiseLSTM, NetworkConfig
 
 
 @dataclass(frozen=True)
@@ -73,13 +73,13 @@ class PackedNetwork:
         return self.network.state_size
 
 
-def pack_network(network: CoordinatewiseLSTM, device: torch.device, lr_decay: float = 0.0) -> PackedNetwork:
+def pack_network(network: CoordinatewiseLSTM, device: torch.device, lr_state: Tensor | None = None) -> PackedNetwork:
     """Lay out ``network``'s weights for the blocked kernels (a few kilobytes; done at every step, so a network
     changed in place is always seen as it is).
 
-    The input ``delta_t = lr_decay`` of a network with ``lr_decay_input`` is the same for every coordinate of a step,
-    so it is folded into the biases (``b + W[:, column] * lr_decay``, its columns dropped): the packed network computes
-    the rule of a network without that input, which every kernel implements."""
+    The lr inputs of a network with any (``lr_state``, as ``CoordinatewiseLSTM.forward`` takes it) are the same for
+    every coordinate of a step, so they are folded into the biases (``b + W[:, columns] @ values``, their columns
+    dropped): the packed network computes the rule of a network without them, which every kernel implements."""
     hidden = network.hidden_size
     order = torch.cat([torch.arange(k * hidden, (k + 1) * hidden) for k in (0, 1, 3, 2)])  # i, f, g, o -> i, f, o, g
 
@@ -90,16 +90,18 @@ def pack_network(network: CoordinatewiseLSTM, device: torch.device, lr_decay: fl
     hidden_weights = [cell.weight_hh for cell in network.cells]
     biases = [cell.bias_ih + cell.bias_hh for cell in network.cells]
     readout_weight, readout_bias = network.readout_parameters()
-    if network.lr_decay_input:
-        column = network.num_inputs - 1
+    if used := network.lr_input_columns:
+        values = torch.zeros(len(LR_INPUT_NAMES)) if lr_state is None else lr_state.detach().float().cpu()
+        values = values[used].to(readout_bias)
+        first = network.num_inputs - len(used)
         if network.num_layers:
-            biases[0] = biases[0] + input_weights[0][:, column] * lr_decay
-            input_weights[0] = _without_column(input_weights[0], column)
-        column += hidden if network.num_layers else 0
-        if readout_weight.shape[1] > column:
-            readout_bias = readout_bias + readout_weight[:, column] * lr_decay
-            readout_weight = _without_column(readout_weight, column)
-        network = _without_lr_decay_input(network.options)
+            biases[0] = biases[0] + input_weights[0][:, first:] @ values
+            input_weights[0] = input_weights[0][:, :first]
+        first += hidden if network.num_layers else 0
+        if readout_weight.shape[1] > first:
+            readout_bias = readout_bias + readout_weight[:, first:] @ values
+            readout_weight = readout_weight[:, :first]
+        network = _without_lr_inputs(network.options)
     weights = tuple(
         as_fp32(torch.cat((weight_ih, weight_hh), dim=1)[order]).contiguous()
         for weight_ih, weight_hh in zip(input_weights, hidden_weights)
@@ -113,16 +115,12 @@ def pack_network(network: CoordinatewiseLSTM, device: torch.device, lr_decay: fl
     )
 
 
-def _without_column(matrix: Tensor, column: int) -> Tensor:
-    return torch.cat((matrix[:, :column], matrix[:, column + 1 :]), dim=1)
-
-
 @functools.cache
-def _without_lr_decay_input(options: NetworkConfig) -> CoordinatewiseLSTM:
-    """A network of ``options`` but ``lr_decay_input``, on the meta device: the options and features of a packed
-    network whose ``delta_t`` is folded into its biases (its own weights, never allocated, are not used)."""
+def _without_lr_inputs(options: NetworkConfig) -> CoordinatewiseLSTM:
+    """A network of ``options`` but the lr inputs, on the meta device: the options and features of a packed network
+    whose lr inputs are folded into its biases (its own weights, never allocated, are not used)."""
     with torch.device("meta"):
-        return CoordinatewiseLSTM(**replace(options, lr_decay_input=False).as_dict())
+        return CoordinatewiseLSTM(**replace(options, lr_decay_input=False, lr_warmup_input=False).as_dict())
 
 
 class BlockKernel(Protocol):

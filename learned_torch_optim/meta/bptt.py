@@ -8,8 +8,8 @@ Within one truncation of ``T`` steps, starting from ``theta_0`` and LSTM state `
                                                         # assume the gradients do not depend on phi")
     (u_t, s_{t+1})   = m(g_t, s_t; phi)
     theta_{t+1}      = theta_t + a_t u_t                # a_t: the lr schedule's factor (1 in the paper)
-                                                        # (a network with lr_decay_input also sees
-                                                        # delta_t = 1 - a_t / max_{k<=t} a_k)
+                                                        # (a network with lr inputs also sees
+                                                        # network.lr_inputs(a_t, a_0, max_{k<=t} a_k))
     L(phi)           = sum_{t=0}^{T-1} f_t              # all weights w_t = 1 (paper eq. 3)
                      (+ f(theta_T) with include_final)
 
@@ -79,12 +79,12 @@ class SetStep:
         self.order, self.inverse = self.order.to(device), self.inverse.to(device)
         return torch.zeros(sum(self.state_sizes), device=device)
 
-    def __call__(self, grad: Tensor, state: Tensor, lr_decay: float | Tensor = 0.0) -> tuple[Tensor, Tensor]:
+    def __call__(self, grad: Tensor, state: Tensor, lr_state: Tensor | None = None) -> tuple[Tensor, Tensor]:
         updates, states = [], []
         for (network, _), part_grad, part_state in zip(
             self.parts, grad[self.order].split(self.counts), state.split(self.state_sizes), strict=True
         ):
-            update, new_state = network(part_grad, part_state.view(-1, network.state_size), lr_decay)
+            update, new_state = network(part_grad, part_state.view(-1, network.state_size), lr_state)
             updates.append(update)
             states.append(new_state.reshape(-1))
         return torch.cat(updates)[self.inverse], torch.cat(states)
@@ -106,7 +106,7 @@ def unroll(
     log_losses: bool = False,
     second_derivatives: bool = False,
     lr_factors: Tensor | None = None,
-    lr_decays: Tensor | None = None,
+    lr_states: Tensor | None = None,
 ) -> UnrollResult:
     """Run ``steps`` optimizer steps of ``network`` (a weight set's: :class:`SetStep`) on ``problem`` keeping the
     graph for the meta-gradient.
@@ -116,7 +116,8 @@ def unroll(
     as in the original implementation, so that the last update of the truncation is judged too.  With
     ``second_derivatives`` the meta-gradient also flows through the gradients ``g_t``.  With ``lr_factors`` (one per
     step) the update of step ``t`` is ``lr_factors[t] * u_t``, as the optimizer's ``lr / nominal_lr`` makes it, and
-    ``lr_decays[t]`` is the input ``delta_t`` of a network with ``lr_decay_input`` (0 without them).
+    ``lr_states[t]`` the lr inputs of step ``t`` (``CoordinatewiseLSTM.forward``'s ``lr_state``; ``None``: a constant
+    lr).
     """
     params = params.detach().requires_grad_(True)
     state = state.detach()
@@ -131,7 +132,7 @@ def unroll(
         (grad,) = torch.autograd.grad(loss, params, retain_graph=True, create_graph=second_derivatives)
         meta_loss = meta_loss + term(loss)
         losses.append(loss.detach())
-        update, state = network(grad, state, 0.0 if lr_decays is None else lr_decays[t])
+        update, state = network(grad, state, None if lr_states is None else lr_states[t])
         params = params + (update if lr_factors is None else lr_factors[t] * update)
     if include_final:
         meta_loss = meta_loss + term(problem.loss(params, problem.sample_batch()))

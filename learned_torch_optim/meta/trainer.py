@@ -20,7 +20,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..network import CoordinatewiseLSTM
+from ..network import CoordinatewiseLSTM, lr_inputs
 from ..weight_set import SET_FILE, NetworkRule, WeightSet
 from ..weights import resolve_weights
 from .bptt import SetStep, log_loss, unroll
@@ -50,7 +50,7 @@ CHECKPOINT_KEYS = (
 VALIDATION_SEED = 10**9
 WEIGHTLESS_OPTIONS = ("update_clip", "gradient_rms_clip", "nominal_lr", "linear_direction")
 """Network options that fine-tuning can set to any value: step bounds and the lr's unit, which add no weights."""
-FINE_TUNING_CHANGES = ("momentum_decays", "step_timescales", "lr_decay_input", *WEIGHTLESS_OPTIONS)
+FINE_TUNING_CHANGES = ("momentum_decays", "step_timescales", "lr_decay_input", "lr_warmup_input", *WEIGHTLESS_OPTIONS)
 """The network options that fine-tuning (``TrainConfig.init_from``) may change in the starting weights' config."""
 
 MetaLrSchedule = Literal["constant", "cosine"]
@@ -182,8 +182,8 @@ class TrainConfig:
         metavar="WEIGHTS",
     )
     """Fine-tuning: ``network_config`` then holds changes to the weights' config, which may only add
-    ``momentum_decays``, ``step_timescales`` or the ``lr_decay_input`` (:func:`~.widen.widen`) or set the weightless
-    options ``update_clip``, ``gradient_rms_clip`` and ``nominal_lr``.  The weights are validated before the first
+    ``momentum_decays``, ``step_timescales``, ``lr_decay_input`` or ``lr_warmup_input`` (:func:`~.widen.widen`) or set
+    the weightless options (:data:`WEIGHTLESS_OPTIONS`).  The weights are validated before the first
     iteration and stay the result unless a later validation beats them; resuming checks that the weights are still
     those the run started from.  With a ``network_rule``, one network starts every network of the run; a weight set
     starts each from its network of the same name (the rule must name the set's networks, which must share one
@@ -494,7 +494,7 @@ def _train_only_(network: CoordinatewiseLSTM, masks: dict[str, torch.Tensor]) ->
     if not trainable:
         raise ValueError(
             "train_added_inputs_only: the network flags add no input to the starting weights (give --lr-decay-input, "
-            "--momentum-decays or --step-timescales with new values)"
+            "--lr-warmup-input, --momentum-decays or --step-timescales with new values)"
         )
     return kept
 
@@ -519,7 +519,7 @@ def meta_iteration(
     With ``average_across_processes`` (``torch.distributed`` initialised) the meta-gradients and the returned loss
     are averaged over the processes, each of which brings its own problems.  A meta-gradient that is not finite is
     skipped rather than applied.  ``lr_factors`` (one per step of the horizon) scale the updates, and give networks
-    with ``lr_decay_input`` their ``delta_t`` as the optimizer does (see ``unroll``).
+    with lr inputs their values as the optimizer computes them (see ``unroll``).
     The networks of a weight set each run the coordinates its rule gives them (:class:`~.bptt.SetStep`); one that
     runs none of the problem's gets no meta-gradient (zero, where averaged across processes).
     """
@@ -527,12 +527,12 @@ def meta_iteration(
     step = SetStep(network, problem) if isinstance(network, WeightSet) else network
     state = step.initial_state(params.numel(), device=params.device)
     losses = []
-    lr_decays = None if lr_factors is None else 1 - lr_factors / torch.cummax(lr_factors, dim=0).values
+    lr_states = None if lr_factors is None else lr_inputs(lr_factors, lr_factors[0], lr_factors.cummax(dim=0).values)
     for truncation in range(horizon // unroll_length):
-        factors = decays = None
+        factors = states = None
         if lr_factors is not None:
             steps = slice(truncation * unroll_length, (truncation + 1) * unroll_length)
-            factors, decays = lr_factors[steps].to(params.device), lr_decays[steps].to(params.device)
+            factors, states = lr_factors[steps].to(params.device), lr_states[steps].to(params.device)
         result = unroll(
             step,
             problem,
@@ -543,7 +543,7 @@ def meta_iteration(
             log_losses=log_losses,
             second_derivatives=second_derivatives,
             lr_factors=factors,
-            lr_decays=decays,
+            lr_states=states,
         )
         meta_optimizer.zero_grad()
         (result.meta_loss / problem.num_problems).backward()
@@ -704,6 +704,7 @@ class MetaTrainer:
                 momentum_decays=wanted.get("momentum_decays", ()),
                 step_timescales=wanted.get("step_timescales", ()),
                 lr_decay_input=wanted.get("lr_decay_input", False),
+                lr_warmup_input=wanted.get("lr_warmup_input", False),
             )
             widened = widen(start, **added)
             unbounded = dict.fromkeys(WEIGHTLESS_OPTIONS)

@@ -17,11 +17,13 @@ def widen(
     momentum_decays: Sequence[float] = (),
     step_timescales: Sequence[float] = (),
     lr_decay_input: bool = False,
+    lr_warmup_input: bool = False,
 ) -> CoordinatewiseLSTM:
-    """A copy of ``network`` with more inputs: the given momentum decays and step timescales added to its own, and
-    the lr's decay ``delta_t`` with ``lr_decay_input``.  Their weights start at zero, so the copy computes the same
-    updates as ``network`` (to fp32 rounding: its matrix products are longer) until it is trained; for fine-tuning
-    trained weights with inputs they lack, e.g. step counts on longer timescales."""
+    """A copy of ``network`` with more inputs: the given momentum decays and step timescales added to its own, the
+    lr's decay ``delta_t`` with ``lr_decay_input`` and its warm-up ``rho_t`` with ``lr_warmup_input``.  Their weights
+    start at zero, so the copy computes the same updates as ``network`` (to fp32 rounding: its matrix products are
+    longer) until it is trained; for fine-tuning trained weights with inputs they lack, e.g. step counts on longer
+    timescales."""
     momentum_decays = (*network.momentum_decays, *(b for b in momentum_decays if b not in network.momentum_decays))
     step_timescales = (*network.step_timescales, *(t for t in step_timescales if t not in network.step_timescales))
     wide = CoordinatewiseLSTM(
@@ -30,13 +32,15 @@ def widen(
             "momentum_decays": momentum_decays,
             "step_timescales": step_timescales,
             "lr_decay_input": network.lr_decay_input or lr_decay_input,
+            "lr_warmup_input": network.lr_warmup_input or lr_warmup_input,
         }
     )
     gradient_inputs = network.inputs_per_value * (1 + len(network.momentum_decays))
+    first_lr_input = wide.num_inputs - len(wide.lr_input_columns)
     columns = (
         [*range(gradient_inputs)]
         + [network.inputs_per_value * (1 + len(wide.momentum_decays)) + k for k in range(len(network.step_timescales))]
-        + [wide.num_inputs - 1] * network.lr_decay_input
+        + [first_lr_input + wide.lr_input_columns.index(k) for k in network.lr_input_columns]
     )
     hidden = network.hidden_size if network.num_layers else 0
     with torch.no_grad():
