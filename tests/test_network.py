@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from learned_torch_optim import CoordinatewiseLSTM
-from learned_torch_optim.network import NetworkConfig, preprocess_log_sign
+from learned_torch_optim.network import NetworkConfig, lr_inputs, preprocess_log_sign
 
 
 def test_log_sign_preprocessing_matches_appendix_a():
@@ -140,3 +140,20 @@ def test_a_linear_direction_uses_only_the_gradient_inputs_and_vanishes_with_them
     assert torch.equal(network(g, network.initial_state(50), lr_state=torch.tensor([0.3, 0.0]))[0], torch.zeros(50))
     network.readout.weight.data[0, 6 + 1] += 1.0  # a used weight: the direction's on the first momentum
     assert not torch.equal(network(grad, state, lr_state=torch.tensor([0.3, 0.0]))[0], update)
+
+
+def test_the_lr_inputs_are_the_decay_below_the_peak_and_the_rise_above_the_first_lr():
+    factors = torch.tensor([0.0, 0.5, 1.0, 0.25])  # a warm-up from lr 0, then a decay
+    peaks = factors.cummax(dim=0).values
+    expected = torch.tensor([[0.0, 0.0], [0.0, 1.0], [0.0, 1.0], [0.75, 1.0]])
+    torch.testing.assert_close(lr_inputs(factors, factors[0], peaks), expected)  # no lr yet: zeros, not NaN
+    assert lr_inputs(3e-3, 3e-3, 3e-3).tolist() == [0.0, 0.0]  # a constant lr changes nothing
+
+
+def test_a_network_takes_only_the_lr_inputs_it_declares():
+    grad, lr_state = torch.randn(7), torch.tensor([0.25, 0.75])
+    for flags, columns in (({"lr_decay_input": True}, [0]), ({"lr_warmup_input": True}, [1])):
+        network = CoordinatewiseLSTM(hidden_size=3, **flags)
+        inputs, _ = network.features(grad, None, lr_state)
+        assert network.input_names[-1] == ("lr_decay" if columns == [0] else "lr_warmup")
+        torch.testing.assert_close(inputs[:, -1], lr_state[columns].expand(7))
