@@ -19,11 +19,11 @@ a magnitude-direction form.  With ``t`` the coordinate's step count and ``beta2 
     x_t       = [pre(g_t), pre(mhat_beta) for each beta, tanh(t / tau) for each tau in step_timescales, delta_t, rho_t]
 
 where ``pre`` is the log/sign preprocessing, the identity, or ``z / (sqrt(vhat) + 1e-8)`` (``"adam_normalized"``,
-Adam's normalisation, which makes the inputs invariant to the gradient's scale).  With ``lr_decay_input`` the last
-input is ``delta_t = 1 - lr_t / max_{k <= t} lr_k``, how far a schedule has decayed the lr, the same for every
+Adam's normalisation, which makes the inputs invariant to the gradient's scale).  The lr inputs come last: with
+``lr_decay_input`` ``delta_t = 1 - lr_t / max_{k <= t} lr_k``, how far a schedule has decayed the lr, the same for every
 coordinate: 0 at a constant or rising lr (so the input changes nothing there), towards 1 as a schedule decays it,
 whatever the lr's scale (so the network can tell where a schedule is; VeLO and Celo2 give theirs the fraction of
-training done, which a ``torch.optim`` optimizer does not know).  With ``lr_warmup_input`` the last input is
+training done, which a ``torch.optim`` optimizer does not know); with ``lr_warmup_input`` (after ``delta_t``)
 ``rho_t = 1 - lr_1 / max_{k <= t} lr_k``, how far a warm-up has raised the lr above the run's first one: 0 at a
 constant or decaying lr, near 1 once a warm-up is under way (a warm-up announces a decay to come, under which a larger
 step pays; :func:`lr_inputs` computes both).  With ``readout_skip`` the read-out sees
@@ -467,6 +467,11 @@ class CoordinatewiseLSTM(
         else:
             x, accumulators = self._gradient_features(grad, accumulators)
         if columns := self.lr_input_columns:
+            if lr_state is not None and (not isinstance(lr_state, Tensor) or lr_state.shape != (len(LR_INPUT_NAMES),)):
+                raise TypeError(
+                    f"lr_state must be a tensor of shape ({len(LR_INPUT_NAMES)},), lr_inputs(lr, first_lr, peak_lr), "
+                    f"got {lr_state!r}"
+                )
             values = x.new_zeros(len(LR_INPUT_NAMES)) if lr_state is None else lr_state.to(x)
             x = torch.cat((x, values[columns].expand(x.shape[0], len(columns))), dim=1)
         return x, accumulators

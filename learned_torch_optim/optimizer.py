@@ -102,13 +102,16 @@ def learned_step(
 
 
 def _check_group_options(group: Mapping[str, Any], where: str) -> None:
-    """Refuse a saved group whose ``lr`` (required), ``weight_decay`` or ``maximize`` this optimizer cannot use."""
+    """Refuse a saved group whose ``lr`` (required), ``weight_decay``, lr history or ``maximize`` this optimizer cannot
+    use."""
     if "lr" not in group:
         raise ValueError(f"{where} has no 'lr'; pass a state dict from LearnedOptimizer.state_dict()")
     lr = group["lr"]
     if isinstance(lr, Tensor):
         lr = float(lr) if lr.numel() == 1 and not lr.is_complex() else None
-    for name, value in (("lr", lr), ("weight_decay", group.get("weight_decay", 0.0))):
+    checked = [("lr", lr), ("weight_decay", group.get("weight_decay", 0.0))]
+    checked += [(name, group[name]) for name in LR_HISTORY if name in group]
+    for name, value in checked:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
             raise ValueError(f"{where}: {name!r} must be a finite non-negative number, got {group[name]!r}")
     if not isinstance(group.get("maximize", False), bool):
@@ -139,9 +142,13 @@ def _lr_state(group: dict[str, Any]) -> Tensor:
     the largest it has had, which the group keeps as ``"first_lr"`` and ``"peak_lr"`` (so a checkpoint resumes
     them)."""
     lr = float(group["lr"])
-    group.setdefault("first_lr", lr)
+    group.setdefault("first_lr", group.get("peak_lr", lr))  # a checkpoint from before first_lr: no warm-up seen
     group["peak_lr"] = peak = max(float(group.get("peak_lr", lr)), lr)
     return lr_inputs(lr, group["first_lr"], peak)
+
+
+LR_HISTORY = ("first_lr", "peak_lr")
+"""The keys of a param group that hold the lrs it has had (:func:`_lr_state`)."""
 
 
 LR_RANGE = 30.0
@@ -418,8 +425,12 @@ class LearnedOptimizer(Optimizer):
         return loss
 
     def reset_state(self) -> None:
-        """Forget all per-parameter state, so the next step starts a new optimisation."""
+        """Forget all per-parameter state and each group's lr history (``first_lr``, ``peak_lr``), so the next step
+        starts a new optimisation."""
         self.state.clear()
+        for group in self.param_groups:
+            for key in LR_HISTORY:
+                group.pop(key, None)
 
     def state_dict(self) -> dict[str, Any]:
         state_dict = super().state_dict()

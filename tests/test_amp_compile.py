@@ -2,9 +2,10 @@
 
 import copy
 
+import pytest
 import torch
 
-from learned_torch_optim import LearnedOptimizer
+from learned_torch_optim import CoordinatewiseLSTM, LearnedOptimizer, load_weights
 
 
 def make_model() -> torch.nn.Module:
@@ -61,7 +62,17 @@ def test_bf16_autocast_training_keeps_fp32_params_and_state(network):
     assert all(s["lstm_state"].dtype == torch.float32 for s in optimizer.state.values())
 
 
-def test_compiled_training_step_matches_eager(network):
+def lr_input_network() -> CoordinatewiseLSTM:
+    """The default weights' form (both lr inputs), randomly initialised."""
+    torch.manual_seed(0)
+    return CoordinatewiseLSTM(**{**load_weights("default").config, "lr_decay_input": True, "lr_warmup_input": True})
+
+
+@pytest.mark.parametrize("form", ["paper", "lr inputs, under a warm-up"])
+def test_compiled_training_step_matches_eager(network, form):
+    lrs = [1.0] * 3 if form == "paper" else [1e-4, 1e-3, 5e-4]
+    if form != "paper":
+        network = lr_input_network()
     eager_model, compiled_model = make_model(), make_model()
     eager_opt = LearnedOptimizer(eager_model.parameters(), weights=network)
     compiled_opt = LearnedOptimizer(compiled_model.parameters(), weights=network)
@@ -74,8 +85,9 @@ def test_compiled_training_step_matches_eager(network):
         return loss
 
     compiled_step = torch.compile(train_step)
-    for step in range(3):
+    for step, lr in enumerate(lrs):
         x, y = batch(step)
+        eager_opt.param_groups[0]["lr"] = compiled_opt.param_groups[0]["lr"] = lr
         torch.testing.assert_close(
             train_step(eager_model, eager_opt, x, y), compiled_step(compiled_model, compiled_opt, x, y)
         )

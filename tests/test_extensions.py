@@ -374,10 +374,10 @@ def test_widened_network_computes_the_same_updates_until_trained(config):
         narrow_update, narrow_state = narrow(grad, narrow_state, lr_state)
         wide_update, wide_state = wide(grad, wide_state, lr_state)
         torch.testing.assert_close(wide_update, narrow_update, rtol=1e-5, atol=1e-8)
-    for column in (-1, -2):
+    for column in (-1, -2):  # the added lr inputs' weights, once set, change the updates
         changed = copy.deepcopy(wide)
         with torch.no_grad():
-            changed.readout.weight[:, column] = 1.0
+            (changed.cells[0].weight_ih if changed.num_layers else changed.readout.weight)[:, column] = 1.0
         assert not torch.equal(changed(grad, wide_state, lr_state)[0], narrow(grad, narrow_state, lr_state)[0])
 
 

@@ -107,6 +107,57 @@ def test_a_network_with_lr_inputs_sees_how_far_lr_fell_below_its_largest_and_ros
     assert group["peak_lr"] == pytest.approx(2e-3) and group["first_lr"] == pytest.approx(2e-4)
 
 
+def _warmup_network() -> CoordinatewiseLSTM:
+    torch.manual_seed(0)
+    network = CoordinatewiseLSTM(**{**load_weights("l2l-general-v2").config, "lr_decay_input": True})
+    network = CoordinatewiseLSTM(**{**network.config, "lr_warmup_input": True})
+    with torch.no_grad():
+        network.readout.weight[1, -2:] = torch.tensor([1.0, 2.0])  # the lr inputs move the step's magnitude
+    return network
+
+
+def _steps(optimizer: LearnedOptimizer, param: torch.nn.Parameter, lrs: list[float]) -> None:
+    for lr, grad in zip(lrs, torch.randn(len(lrs), param.numel(), generator=torch.Generator().manual_seed(1))):
+        optimizer.param_groups[0]["lr"] = lr
+        param.grad = grad.clone()
+        optimizer.step()
+
+
+def test_reset_state_forgets_the_lrs_a_group_has_had():
+    network, param = _warmup_network(), torch.nn.Parameter(torch.zeros(20))
+    optimizer = LearnedOptimizer([param], weights=network)
+    _steps(optimizer, param, [1e-3, 1e-3])
+    optimizer.reset_state()
+    param.data.zero_()
+    _steps(optimizer, param, [1e-4, 3e-4, 1e-3])  # a warm-up, seen as one
+    fresh = torch.nn.Parameter(torch.zeros(20))
+    _steps(LearnedOptimizer([fresh], weights=network), fresh, [1e-4, 3e-4, 1e-3])
+    assert torch.equal(param, fresh)
+
+
+def test_a_checkpoint_without_first_lr_resumes_as_if_no_warm_up_was_seen():
+    network, param = _warmup_network(), torch.nn.Parameter(torch.zeros(20))
+    optimizer = LearnedOptimizer([param], weights=network)
+    _steps(optimizer, param, [1e-3, 5e-4])
+    saved = optimizer.state_dict()
+    del saved["param_groups"][0]["first_lr"]  # written before the warm-up input existed
+    resumed = LearnedOptimizer([param], weights=network)
+    resumed.load_state_dict(saved)
+    _steps(resumed, param, [2.5e-4])
+    group = resumed.param_groups[0]
+    assert group["first_lr"] == group["peak_lr"] == pytest.approx(1e-3)
+
+
+@pytest.mark.parametrize("key, value", [("first_lr", float("nan")), ("peak_lr", -1.0), ("first_lr", "1e-3")])
+def test_a_saved_group_with_a_bad_lr_history_is_refused(key, value):
+    param = torch.nn.Parameter(torch.zeros(20))
+    optimizer = LearnedOptimizer([param], weights=_warmup_network())
+    saved = optimizer.state_dict()
+    saved["param_groups"][0][key] = value
+    with pytest.raises(ValueError, match=key):
+        optimizer.load_state_dict(saved)
+
+
 def _quickstart():
     path = Path(__file__).resolve().parents[1] / "examples" / "quickstart.py"
     spec = importlib.util.spec_from_file_location("quickstart", path)
