@@ -1,4 +1,5 @@
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -141,6 +142,28 @@ def test_the_linear_direction_schedule_recipe_trains_one_weight(tmp_path):
     trainer = MetaTrainer(config, tmp_path)
     (mask,) = trainer.gradient_masks.values()
     assert mask.shape == trainer.network.readout.weight.shape and mask.sum() == 1 and mask[1, -1] == 1
+
+
+def test_a_warm_up_through_an_existing_input_trains_its_magnitude_weight_and_bias(tmp_path):
+    config = es_config(
+        init_from="l2l-general-v4",
+        network_config={},
+        train_readout_only=True,
+        train_magnitude_only=True,
+        train_readout_inputs=["t100", "bias"],
+        lr_schedules=["constant"],
+    )
+    trainer = MetaTrainer(config, tmp_path)
+    network = trainer.network
+    masks = {id(p): name for name, p in network.named_parameters()}
+    trained = {masks[key]: mask for key, mask in trainer.gradient_masks.items()}
+    column = network.hidden_size + network.input_names.index("t100")
+    assert trained["readout.weight"].sum() == 1 and trained["readout.weight"][1, column] == 1
+    assert trained["readout.bias"].tolist() == [0.0, 1.0]
+    with pytest.raises(ValueError, match="no input 't7'.*'t100'"):
+        MetaTrainer(replace(config, train_readout_inputs=["t7"]), tmp_path / "unknown")
+    with pytest.raises(ValueError, match="give both"):
+        MetaTrainer(es_config(train_readout_inputs=["bias"]), tmp_path / "alone")
 
 
 def assert_trained_only(tuned: MetaTrainer, start: CoordinatewiseLSTM, expected: set[str]) -> None:

@@ -288,6 +288,7 @@ MUST_KEEP_ON_RESUME = {  # for every setting --resume must keep, a value other t
     "train_added_inputs_only": True,
     "train_readout_only": True,
     "train_magnitude_only": True,
+    "train_readout_inputs": ["bias"],
     "network_rule": ["paper-cifar"],
     "param_scale": 2.0,
     "lr_schedules": ["warmup-cosine"],

@@ -206,6 +206,13 @@ class TrainConfig:
         "update's direction stays as it was",
         card="meta-trained: only the magnitude's read-out",
     )
+    train_readout_inputs: list[str] = setting(
+        [],
+        "with --train-readout-only: only the read-out's weights on these inputs (the network's input names, e.g. "
+        "t100; the read-out must see its inputs) and, with 'bias', its bias; none: all of the read-out",
+        card="meta-trained: only the read-out's weights on",
+        nargs="+",
+    )
     network_rule: list[str] = setting(
         [],
         "meta-train one network per kind of parameter (paper 3.3) into a weight set: GLOB=NETWORK pairs (a shell "
@@ -477,6 +484,26 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _readout_input_masks(network: CoordinatewiseLSTM, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masks of the read-out's weight and bias: 1 on the columns of the inputs ``names`` (``input_names``) and, if
+    ``names`` has ``"bias"``, on the bias; 0 elsewhere."""
+    weight, bias = network.readout.weight, network.readout.bias
+    first = network.hidden_size if network.num_layers else 0
+    if weight.shape[1] == first:
+        raise ValueError("train_readout_inputs: the read-out does not see the inputs (it needs readout_skip)")
+    unknown = [name for name in names if name != "bias" and name not in network.input_names]
+    if unknown:
+        raise ValueError(
+            f"train_readout_inputs: no input {', '.join(map(repr, unknown))}; the network's inputs are "
+            f"{network.input_names} (and 'bias')"
+        )
+    weight_mask, bias_mask = torch.zeros_like(weight), torch.full_like(bias, float("bias" in names))
+    for name in names:
+        if name != "bias":
+            weight_mask[:, first + network.input_names.index(name)] = 1
+    return weight_mask, bias_mask
+
+
 def _train_only_(network: CoordinatewiseLSTM, masks: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
     """Let meta-gradients reach only the weights where ``masks`` (by parameter name) is 1: the other entries' are
     zeroed by a hook, and parameters with none to train are frozen (Adam then leaves them exactly as they are).
@@ -723,6 +750,8 @@ class MetaTrainer:
             raise ValueError("train_added_inputs_only needs init_from: the weights whose inputs are added to")
         else:
             network = CoordinatewiseLSTM(**config.network_config).to(self.device)
+        if config.train_readout_inputs and not config.train_readout_only:
+            raise ValueError("train_readout_inputs restricts train_readout_only: give both")
         if config.train_readout_only or config.train_magnitude_only or network.linear_direction:
             masks = masks or {name: torch.ones_like(p) for name, p in network.named_parameters()}
             if config.train_readout_only:
@@ -736,6 +765,10 @@ class MetaTrainer:
                     )
                 masks["readout.weight"][0] = 0
                 masks["readout.bias"][0] = 0
+            if config.train_readout_inputs:
+                weight_mask, bias_mask = _readout_input_masks(network, config.train_readout_inputs)
+                masks["readout.weight"] = masks["readout.weight"] * weight_mask
+                masks["readout.bias"] = masks["readout.bias"] * bias_mask
             weight_mask, bias_mask = network.readout_masks()  # the weights linear_direction leaves unused stay 0
             masks["readout.weight"] = masks["readout.weight"] * weight_mask
             masks["readout.bias"] = masks["readout.bias"] * bias_mask
