@@ -166,6 +166,28 @@ def test_a_warm_up_through_an_existing_input_trains_its_magnitude_weight_and_bia
         MetaTrainer(es_config(train_readout_inputs=["bias"]), tmp_path / "alone")
 
 
+def test_a_magnitude_shift_moves_the_named_read_out_weights_of_the_start(tmp_path):
+    config = es_config(init_from="l2l-general-v5", network_config={}, init_magnitude_shift=["t10=2.5", "bias=-4.5"])
+    start = load_weights("l2l-general-v5")
+    shifted = MetaTrainer(config, tmp_path).network
+    column = start.hidden_size + start.input_names.index("t10")
+    moved = shifted.readout.weight - start.readout.weight
+    assert moved[1, column].item() == pytest.approx(2.5) and moved.abs().sum().item() == pytest.approx(2.5)
+    assert (shifted.readout.bias - start.readout.bias).tolist() == pytest.approx([0.0, -4.5])
+    assert torch.equal(shifted.cells[0].weight_ih, start.cells[0].weight_ih)
+    for bad, match in (
+        (["t10"], "'t10' is not NAME=VALUE"),
+        (["bias=1", "bias=2"], "'bias=2' is not NAME=VALUE"),
+        (["t10=nan"], "'t10=nan' is not NAME=VALUE"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            replace(config, init_magnitude_shift=bad)
+    with pytest.raises(ValueError, match="init_magnitude_shift: no input 't7'"):
+        MetaTrainer(replace(config, init_magnitude_shift=["t7=1"]), tmp_path / "unknown")
+    with pytest.raises(ValueError, match="init_magnitude_shift needs init_from"):
+        MetaTrainer(es_config(init_magnitude_shift=["bias=1"]), tmp_path / "fresh")
+
+
 def assert_trained_only(tuned: MetaTrainer, start: CoordinatewiseLSTM, expected: set[str]) -> None:
     """``tuned``'s network moved from ``start`` widened with ``lr_decay_input`` in exactly the parameters
     ``expected``, and only where the added input's masks allow."""

@@ -289,6 +289,7 @@ MUST_KEEP_ON_RESUME = {  # for every setting --resume must keep, a value other t
     "train_readout_only": True,
     "train_magnitude_only": True,
     "train_readout_inputs": ["bias"],
+    "init_magnitude_shift": ["bias=-1"],
     "network_rule": ["paper-cifar"],
     "param_scale": 2.0,
     "lr_schedules": ["warmup-cosine"],

@@ -213,6 +213,17 @@ class TrainConfig:
         card="meta-trained: only the read-out's weights on",
         nargs="+",
     )
+    init_magnitude_shift: list[str] = setting(
+        [],
+        "with --init-from: NAME=VALUE pairs added, before meta-training, to the magnitude's read-out weights on the "
+        "named inputs (input names, e.g. t10) or, for 'bias', to its bias; e.g. t10=2.5 t100=2 bias=-4.5 starts the "
+        "step at 1/60 of its size, reaching it over about 200 steps (a warm-up)",
+        card="start: the magnitude's read-out shifted by",
+        nargs="+",
+        metavar="NAME=VALUE",
+    )
+    """Hand-set changes to the starting weights that meta-training then tunes (``docs/experiments.md``, session 31:
+    a warm-up of the step size through the step-count inputs)."""
     network_rule: list[str] = setting(
         [],
         "meta-train one network per kind of parameter (paper 3.3) into a weight set: GLOB=NETWORK pairs (a shell "
@@ -416,6 +427,7 @@ class TrainConfig:
         for horizon in self.horizon_curriculum:
             if horizon < 1 or horizon % self.unroll:
                 raise ValueError(f"horizon_curriculum: {horizon} is not a positive multiple of unroll ({self.unroll})")
+        magnitude_shifts(self.init_magnitude_shift)
         if self.init_from is not None and self.init != "default":
             raise ValueError(f"init={self.init!r} and init_from={self.init_from!r}: choose one way to start")
         if self.validation_horizon is not None and self.validation_horizon < 1:
@@ -484,17 +496,37 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _readout_input_masks(network: CoordinatewiseLSTM, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def magnitude_shifts(values: list[str]) -> dict[str, float]:
+    """``init_magnitude_shift``'s ``NAME=VALUE`` pairs as a dict (each name once, each value a finite number)."""
+    shifts: dict[str, float] = {}
+    for value in values:
+        name, _, number = value.partition("=")
+        try:
+            shift = float(number)
+        except ValueError:
+            shift = math.nan
+        if not name or not math.isfinite(shift) or name in shifts:
+            raise ValueError(
+                f"init_magnitude_shift: {value!r} is not NAME=VALUE with a finite VALUE and a NAME not given before "
+                "(e.g. t100=2 or bias=-4.5)"
+            )
+        shifts[name] = shift
+    return shifts
+
+
+def _readout_input_masks(
+    network: CoordinatewiseLSTM, names: list[str], option: str = "train_readout_inputs"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Masks of the read-out's weight and bias: 1 on the columns of the inputs ``names`` (``input_names``) and, if
     ``names`` has ``"bias"``, on the bias; 0 elsewhere."""
     weight, bias = network.readout.weight, network.readout.bias
     first = network.hidden_size if network.num_layers else 0
     if weight.shape[1] == first:
-        raise ValueError("train_readout_inputs: the read-out does not see the inputs (it needs readout_skip)")
+        raise ValueError(f"{option}: the read-out does not see the inputs (it needs readout_skip)")
     unknown = [name for name in names if name != "bias" and name not in network.input_names]
     if unknown:
         raise ValueError(
-            f"train_readout_inputs: no input {', '.join(map(repr, unknown))}; the network's inputs are "
+            f"{option}: no input {', '.join(map(repr, unknown))}; the network's inputs are "
             f"{network.input_names} (and 'bias')"
         )
     weight_mask, bias_mask = torch.zeros_like(weight), torch.full_like(bias, float("bias" in names))
@@ -502,6 +534,20 @@ def _readout_input_masks(network: CoordinatewiseLSTM, names: list[str]) -> tuple
         if name != "bias":
             weight_mask[:, first + network.input_names.index(name)] = 1
     return weight_mask, bias_mask
+
+
+def _shift_magnitude_(network: CoordinatewiseLSTM, shifts: dict[str, float]) -> None:
+    """Add ``shifts`` (by input name, or ``"bias"``) to the magnitude's read-out weights, in place."""
+    if network.output != "direction_magnitude":
+        raise ValueError(f"init_magnitude_shift: the weights' output is {network.output!r}, which has no magnitude")
+    _readout_input_masks(network, list(shifts), option="init_magnitude_shift")  # checks the names
+    first = network.hidden_size if network.num_layers else 0
+    with torch.no_grad():
+        for name, shift in shifts.items():
+            if name == "bias":
+                network.readout.bias[1] += shift
+            else:
+                network.readout.weight[1, first + network.input_names.index(name)] += shift
 
 
 def _train_only_(network: CoordinatewiseLSTM, masks: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
@@ -746,8 +792,11 @@ class MetaTrainer:
             network = network.to(self.device)
             if config.train_added_inputs_only:
                 masks = added_weights(start, **added)
-        elif config.train_added_inputs_only:
-            raise ValueError("train_added_inputs_only needs init_from: the weights whose inputs are added to")
+            if config.init_magnitude_shift:
+                _shift_magnitude_(network, magnitude_shifts(config.init_magnitude_shift))
+        elif config.train_added_inputs_only or config.init_magnitude_shift:
+            option = "train_added_inputs_only" if config.train_added_inputs_only else "init_magnitude_shift"
+            raise ValueError(f"{option} needs init_from: the weights it changes")
         else:
             network = CoordinatewiseLSTM(**config.network_config).to(self.device)
         if config.train_readout_inputs and not config.train_readout_only:
