@@ -35,7 +35,7 @@ except ImportError:  # huggingface_hub < 1.0 names the hub's 404-for-a-file erro
 from .network import CoordinatewiseLSTM
 from .weight_set import MAX_SET_FILE_BYTES, SET_FILE, NetworkRule, WeightSet, WeightSetError
 
-DEFAULT_WEIGHTS = "l2l-general-v5"
+DEFAULT_WEIGHTS = "l2l-general-v6"
 CHECKSUMS_FILE = "SHA256SUMS"
 _HEX40 = re.compile(r"[0-9a-f]{40}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -359,7 +359,7 @@ def resolve_weights(
 
     Args:
         weights: an instance; a path (``os.PathLike``), always a local ``save_pretrained`` directory; or a string: a
-            packaged name (see :func:`list_pretrained`; ``"default"`` is ``"l2l-general-v5"``) even where a local
+            packaged name (see :func:`list_pretrained`; ``"default"`` is ``"l2l-general-v6"``) even where a local
             directory of that name exists (pass ``"./name"`` or a ``Path`` for that), or ``"SET/NETWORK"``, one
             network of a packaged weight set (for one parameter group), else a local directory, else a hub repo id
             ``org/name``.  A folder or repo holding ``weight_set.json`` is a weight set.

@@ -168,7 +168,7 @@ def _quickstart():
 
 def test_the_literal_swap_from_adam_on_the_quickstart_mlp():
     """``LearnedOptimizer(params, lr=1e-3)``, the lr given to Adam, on the quick start's MLP: the default weights
-    (``l2l-general-v5``, ``nominal_lr = 1e-3``) train to within 10% of the final loss they reach at their default
+    (``l2l-general-v6``, ``nominal_lr = 1e-3``) train to within 10% of the final loss they reach at their default
     ``lr``, and well below the start."""
     quickstart = _quickstart()
     _, splits = quickstart.load_data(None)
