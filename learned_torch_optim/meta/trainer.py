@@ -217,7 +217,7 @@ class TrainConfig:
         [],
         "with --init-from: NAME=VALUE pairs added, before meta-training, to the magnitude's read-out weights on the "
         "named inputs (input names, e.g. t10) or, for 'bias', to its bias; e.g. t10=2.5 t100=2 bias=-4.5 starts the "
-        "step at 1/60 of its size, reaching it over about 200 steps (a warm-up)",
+        "step at 1/60 of its size, reaching it over about 300 steps (a warm-up)",
         card="start: the magnitude's read-out shifted by",
         nargs="+",
         metavar="NAME=VALUE",
@@ -427,7 +427,7 @@ class TrainConfig:
         for horizon in self.horizon_curriculum:
             if horizon < 1 or horizon % self.unroll:
                 raise ValueError(f"horizon_curriculum: {horizon} is not a positive multiple of unroll ({self.unroll})")
-        magnitude_shifts(self.init_magnitude_shift)
+        _magnitude_shifts(self.init_magnitude_shift)
         if self.init_from is not None and self.init != "default":
             raise ValueError(f"init={self.init!r} and init_from={self.init_from!r}: choose one way to start")
         if self.validation_horizon is not None and self.validation_horizon < 1:
@@ -496,7 +496,7 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def magnitude_shifts(values: list[str]) -> dict[str, float]:
+def _magnitude_shifts(values: list[str]) -> dict[str, float]:
     """``init_magnitude_shift``'s ``NAME=VALUE`` pairs as a dict (each name once, each value a finite number)."""
     shifts: dict[str, float] = {}
     for value in values:
@@ -793,7 +793,7 @@ class MetaTrainer:
             if config.train_added_inputs_only:
                 masks = added_weights(start, **added)
             if config.init_magnitude_shift:
-                _shift_magnitude_(network, magnitude_shifts(config.init_magnitude_shift))
+                _shift_magnitude_(network, _magnitude_shifts(config.init_magnitude_shift))
         elif config.train_added_inputs_only or config.init_magnitude_shift:
             option = "train_added_inputs_only" if config.train_added_inputs_only else "init_magnitude_shift"
             raise ValueError(f"{option} needs init_from: the weights it changes")
