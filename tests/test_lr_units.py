@@ -109,8 +109,8 @@ def test_a_network_with_lr_inputs_sees_how_far_lr_fell_below_its_largest_and_ros
 
 def _warmup_network() -> CoordinatewiseLSTM:
     torch.manual_seed(0)
-    network = CoordinatewiseLSTM(**{**load_weights("l2l-general-v2").config, "lr_decay_input": True})
-    network = CoordinatewiseLSTM(**{**network.config, "lr_warmup_input": True})
+    config = load_weights("l2l-general-v2").config
+    network = CoordinatewiseLSTM(**{**config, "lr_decay_input": True, "lr_warmup_input": True})
     with torch.no_grad():
         network.readout.weight[1, -2:] = torch.tensor([1.0, 2.0])  # the lr inputs move the step's magnitude
     return network

@@ -540,14 +540,11 @@ def _shift_magnitude_(network: CoordinatewiseLSTM, shifts: dict[str, float]) -> 
     """Add ``shifts`` (by input name, or ``"bias"``) to the magnitude's read-out weights, in place."""
     if network.output != "direction_magnitude":
         raise ValueError(f"init_magnitude_shift: the weights' output is {network.output!r}, which has no magnitude")
-    _readout_input_masks(network, list(shifts), option="init_magnitude_shift")  # checks the names
-    first = network.hidden_size if network.num_layers else 0
     with torch.no_grad():
         for name, shift in shifts.items():
-            if name == "bias":
-                network.readout.bias[1] += shift
-            else:
-                network.readout.weight[1, first + network.input_names.index(name)] += shift
+            weight_mask, bias_mask = _readout_input_masks(network, [name], option="init_magnitude_shift")
+            network.readout.weight[1] += shift * weight_mask[1]
+            network.readout.bias[1] += shift * bias_mask[1]
 
 
 def _train_only_(network: CoordinatewiseLSTM, masks: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
