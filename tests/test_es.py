@@ -188,6 +188,21 @@ def test_a_magnitude_shift_moves_the_named_read_out_weights_of_the_start(tmp_pat
         MetaTrainer(es_config(init_magnitude_shift=["bias=1"]), tmp_path / "fresh")
 
 
+def test_a_hidden_gain_scales_only_the_magnitude_read_out_weights_on_the_lstm(tmp_path):
+    config = es_config(init_from="l2l-general-v5", network_config={}, init_hidden_gain=0.5)
+    start = load_weights("l2l-general-v5")
+    scaled = MetaTrainer(config, tmp_path).network
+    expected = start.readout.weight.clone()
+    expected[1, : start.hidden_size] *= 0.5
+    assert torch.equal(scaled.readout.weight, expected) and torch.equal(scaled.readout.bias, start.readout.bias)
+    assert torch.equal(scaled.cells[0].weight_hh, start.cells[0].weight_hh)
+    for bad in (-1.0, math.inf):
+        with pytest.raises(ValueError, match="init_hidden_gain must be a finite number >= 0"):
+            replace(config, init_hidden_gain=bad)
+    with pytest.raises(ValueError, match="init_hidden_gain needs init_from"):
+        MetaTrainer(es_config(init_hidden_gain=0.5), tmp_path / "fresh")
+
+
 def assert_trained_only(tuned: MetaTrainer, start: CoordinatewiseLSTM, expected: set[str]) -> None:
     """``tuned``'s network moved from ``start`` widened with ``lr_decay_input`` in exactly the parameters
     ``expected``, and only where the added input's masks allow."""

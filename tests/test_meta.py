@@ -290,6 +290,7 @@ MUST_KEEP_ON_RESUME = {  # for every setting --resume must keep, a value other t
     "train_magnitude_only": True,
     "train_readout_inputs": ["bias"],
     "init_magnitude_shift": ["bias=-1"],
+    "init_hidden_gain": 0.5,
     "network_rule": ["paper-cifar"],
     "param_scale": 2.0,
     "lr_schedules": ["warmup-cosine"],

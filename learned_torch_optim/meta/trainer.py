@@ -224,6 +224,15 @@ class TrainConfig:
     )
     """Hand-set changes to the starting weights that meta-training then tunes (``docs/experiments.md``, session 31:
     a warm-up of the step size through the step-count inputs)."""
+    init_hidden_gain: float | None = setting(
+        None,
+        "with --init-from: a factor on the magnitude's read-out weights on the LSTM's hidden units, before "
+        "meta-training; 0.5 halves how far the LSTM moves each coordinate's step away from the others'",
+        card="start: the magnitude's read-out weights on the LSTM times",
+        metavar="G",
+    )
+    """A hand-set change to the starting weights (``docs/experiments.md``, session 32: the LSTM's spread of step
+    sizes across coordinates costs at the end of training)."""
     network_rule: list[str] = setting(
         [],
         "meta-train one network per kind of parameter (paper 3.3) into a weight set: GLOB=NETWORK pairs (a shell "
@@ -428,6 +437,10 @@ class TrainConfig:
             if horizon < 1 or horizon % self.unroll:
                 raise ValueError(f"horizon_curriculum: {horizon} is not a positive multiple of unroll ({self.unroll})")
         _magnitude_shifts(self.init_magnitude_shift)
+        if self.init_hidden_gain is not None and not (
+            math.isfinite(self.init_hidden_gain) and self.init_hidden_gain >= 0
+        ):
+            raise ValueError(f"init_hidden_gain must be a finite number >= 0, got {self.init_hidden_gain}")
         if self.init_from is not None and self.init != "default":
             raise ValueError(f"init={self.init!r} and init_from={self.init_from!r}: choose one way to start")
         if self.validation_horizon is not None and self.validation_horizon < 1:
@@ -545,6 +558,17 @@ def _shift_magnitude_(network: CoordinatewiseLSTM, shifts: dict[str, float]) -> 
             weight_mask, bias_mask = _readout_input_masks(network, [name], option="init_magnitude_shift")
             network.readout.weight[1] += shift * weight_mask[1]
             network.readout.bias[1] += shift * bias_mask[1]
+
+
+def _scale_hidden_magnitude_(network: CoordinatewiseLSTM, gain: float) -> None:
+    """Multiply the magnitude's read-out weights on the LSTM's hidden units by ``gain``, in place."""
+    if network.output != "direction_magnitude" or not network.num_layers:
+        raise ValueError(
+            f"init_hidden_gain: the weights need output='direction_magnitude' and an LSTM, got "
+            f"output={network.output!r}, num_layers={network.num_layers}"
+        )
+    with torch.no_grad():
+        network.readout.weight[1, : network.hidden_size] *= gain
 
 
 def _train_only_(network: CoordinatewiseLSTM, masks: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
@@ -791,8 +815,14 @@ class MetaTrainer:
                 masks = added_weights(start, **added)
             if config.init_magnitude_shift:
                 _shift_magnitude_(network, _magnitude_shifts(config.init_magnitude_shift))
-        elif config.train_added_inputs_only or config.init_magnitude_shift:
-            option = "train_added_inputs_only" if config.train_added_inputs_only else "init_magnitude_shift"
+            if config.init_hidden_gain is not None:
+                _scale_hidden_magnitude_(network, config.init_hidden_gain)
+        elif config.train_added_inputs_only or config.init_magnitude_shift or config.init_hidden_gain is not None:
+            option = next(
+                name
+                for name in ("train_added_inputs_only", "init_magnitude_shift", "init_hidden_gain")
+                if getattr(config, name) not in (False, [], None)
+            )
             raise ValueError(f"{option} needs init_from: the weights it changes")
         else:
             network = CoordinatewiseLSTM(**config.network_config).to(self.device)
