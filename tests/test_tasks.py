@@ -45,6 +45,7 @@ NEW_TASKS = [
     "char-rnn",
     "quadratic-ill",
     "char-attention-16",
+    "char-attention-128",
     "char-transformer",
     "mnist-autoencoder",
     "mnist1d-conv",

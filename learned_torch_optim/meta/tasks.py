@@ -1103,6 +1103,13 @@ BUILTIN_TASKS: dict[str, BuiltinTask] = {
             "tinyshakespeare",
         ),
         BuiltinTask(
+            "char-attention-128",
+            "as char-attention with width 128 and windows of 16 chars (for meta-training: a wide block, whose "
+            "LayerNorm and bias coordinates take only small steps)",
+            functools.partial(char_rnn_task, architecture="attention", hidden=128, sequence_length=16),
+            "tinyshakespeare",
+        ),
+        BuiltinTask(
             "quadratic-ill",
             "20-d quadratics 1/2 (x-c)^T A (x-c), condition number log-uniform in [10, 1e4], random basis",
             IllConditionedQuadraticTask,
