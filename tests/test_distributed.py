@@ -20,12 +20,20 @@ pytestmark = [
 ]
 
 
+# Rank 0 once aborted with this C++ runtime message (a std::thread destroyed while joinable, inside torch) in a
+# clean-clone CI run; the same launch passed on 8 reruns. That crash alone, and nothing else, earns one retry.
+THREAD_TEARDOWN_ABORT = "terminate called without an active exception"
+
+
 def launch(mode: str, weights: Path, out: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    result = subprocess.run(
-        [*command, str(WORKER), mode, str(weights), str(out)], env=env, capture_output=True, text=True, timeout=300
-    )
+    for _ in range(2):
+        result = subprocess.run(
+            [*command, str(WORKER), mode, str(weights), str(out)], env=env, capture_output=True, text=True, timeout=300
+        )
+        if result.returncode == 0 or THREAD_TEARDOWN_ABORT not in result.stdout + result.stderr:
+            break
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
