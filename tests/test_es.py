@@ -227,8 +227,30 @@ def test_magnitude_only_needs_readout_only_and_a_magnitude(tmp_path):
         train_readout_only=True,
         train_magnitude_only=True,
     )
-    with pytest.raises(ValueError, match="'additive', which has no magnitude"):
+    with pytest.raises(ValueError, match="'additive', which has no direction and magnitude"):
         MetaTrainer(additive, tmp_path / "additive")
+
+
+def test_a_direction_only_fine_tune_perturbs_the_direction_weights_on_the_gradient_inputs(tmp_path):
+    config = es_config(
+        init_from="l2l-general-v6",
+        network_config={},
+        train_readout_only=True,
+        train_direction_only=True,
+        lr_schedules=["constant"],
+    )
+    trainer = MetaTrainer(config, tmp_path)
+    network = trainer.network
+    names = {id(p): name for name, p in network.named_parameters()}
+    trained = {names[key]: mask for key, mask in trainer.gradient_masks.items()}
+    first, gradient_inputs = network.hidden_size, ["g", "m0.5", "m0.9", "m0.99"]
+    columns = [first + network.input_names.index(name) for name in gradient_inputs]
+    assert set(trained) == {"readout.weight"}  # linear_direction: the direction has no bias
+    assert trained["readout.weight"].nonzero().tolist() == [[0, column] for column in columns]
+    with pytest.raises(ValueError, match="train_direction_only and train_magnitude_only leave nothing"):
+        MetaTrainer(replace(config, train_magnitude_only=True), tmp_path / "both")
+    with pytest.raises(ValueError, match="train_direction_only restricts train_readout_only: give both"):
+        MetaTrainer(replace(config, train_readout_only=False), tmp_path / "alone")
 
 
 def test_centred_ranks_run_from_minus_a_half_to_a_half_and_share_ties():

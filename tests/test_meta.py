@@ -288,6 +288,7 @@ MUST_KEEP_ON_RESUME = {  # for every setting --resume must keep, a value other t
     "train_added_inputs_only": True,
     "train_readout_only": True,
     "train_magnitude_only": True,
+    "train_direction_only": True,
     "train_readout_inputs": ["bias"],
     "init_magnitude_shift": ["bias=-1"],
     "init_hidden_gain": 0.5,

@@ -48,6 +48,9 @@ CHECKPOINT_KEYS = (
 )
 """The entries of a checkpoint that resuming needs."""
 VALIDATION_SEED = 10**9
+READOUT_ROW_OPTIONS = {"train_direction_only": 0, "train_magnitude_only": 1}
+"""The settings that meta-train one row of a ``direction_magnitude`` read-out, and the row each keeps (0: the
+direction ``d``, 1: the magnitude ``r``)."""
 WEIGHTLESS_OPTIONS = ("update_clip", "gradient_rms_clip", "nominal_lr", "linear_direction")
 """Network options that fine-tuning can set to any value: step bounds and the lr's unit, which add no weights."""
 FINE_TUNING_CHANGES = ("momentum_decays", "step_timescales", "lr_decay_input", "lr_warmup_input", *WEIGHTLESS_OPTIONS)
@@ -205,6 +208,12 @@ class TrainConfig:
         "with --train-readout-only: only the magnitude's read-out weights (--output direction_magnitude), so the "
         "update's direction stays as it was",
         card="meta-trained: only the magnitude's read-out",
+    )
+    train_direction_only: bool = setting(
+        False,
+        "with --train-readout-only: only the direction's read-out weights (--output direction_magnitude), so the "
+        "update's magnitude stays as it was",
+        card="meta-trained: only the direction's read-out",
     )
     train_readout_inputs: list[str] = setting(
         [],
@@ -828,19 +837,23 @@ class MetaTrainer:
             network = CoordinatewiseLSTM(**config.network_config).to(self.device)
         if config.train_readout_inputs and not config.train_readout_only:
             raise ValueError("train_readout_inputs restricts train_readout_only: give both")
-        if config.train_readout_only or config.train_magnitude_only or network.linear_direction:
+        rows = [name for name in READOUT_ROW_OPTIONS if getattr(config, name)]
+        if len(rows) > 1:
+            raise ValueError(f"{' and '.join(rows)} leave nothing to meta-train: give one")
+        if config.train_readout_only or rows or network.linear_direction:
             masks = masks or {name: torch.ones_like(p) for name, p in network.named_parameters()}
             if config.train_readout_only:
                 masks = {name: m if name.startswith("readout.") else torch.zeros_like(m) for name, m in masks.items()}
-            if config.train_magnitude_only:
+            for option in rows:
                 if not config.train_readout_only:
-                    raise ValueError("train_magnitude_only restricts train_readout_only: give both")
+                    raise ValueError(f"{option} restricts train_readout_only: give both")
                 if network.output != "direction_magnitude":
                     raise ValueError(
-                        f"train_magnitude_only: the weights' output is {network.output!r}, which has no magnitude"
+                        f"{option}: the weights' output is {network.output!r}, which has no direction and magnitude"
                     )
-                masks["readout.weight"][0] = 0
-                masks["readout.bias"][0] = 0
+                frozen = 1 - READOUT_ROW_OPTIONS[option]
+                masks["readout.weight"][frozen] = 0
+                masks["readout.bias"][frozen] = 0
             if config.train_readout_inputs:
                 weight_mask, bias_mask = _readout_input_masks(network, config.train_readout_inputs)
                 masks["readout.weight"] = masks["readout.weight"] * weight_mask
