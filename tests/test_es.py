@@ -154,9 +154,7 @@ def test_a_warm_up_through_an_existing_input_trains_its_magnitude_weight_and_bia
         lr_schedules=["constant"],
     )
     trainer = MetaTrainer(config, tmp_path)
-    network = trainer.network
-    masks = {id(p): name for name, p in network.named_parameters()}
-    trained = {masks[key]: mask for key, mask in trainer.gradient_masks.items()}
+    network, trained = trainer.network, masks_by_name(trainer)
     column = network.hidden_size + network.input_names.index("t100")
     assert trained["readout.weight"].sum() == 1 and trained["readout.weight"][1, column] == 1
     assert trained["readout.bias"].tolist() == [0.0, 1.0]
@@ -203,6 +201,12 @@ def test_a_hidden_gain_scales_only_the_magnitude_read_out_weights_on_the_lstm(tm
         MetaTrainer(es_config(init_hidden_gain=0.5), tmp_path / "fresh")
 
 
+def masks_by_name(trainer: MetaTrainer) -> dict[str, torch.Tensor]:
+    """``trainer``'s gradient masks (1 where a weight trains) by parameter name; frozen parameters have none."""
+    names = {id(p): name for name, p in trainer.network.named_parameters()}
+    return {names[key]: mask for key, mask in trainer.gradient_masks.items()}
+
+
 def assert_trained_only(tuned: MetaTrainer, start: CoordinatewiseLSTM, expected: set[str]) -> None:
     """``tuned``'s network moved from ``start`` widened with ``lr_decay_input`` in exactly the parameters
     ``expected``, and only where the added input's masks allow."""
@@ -240,9 +244,7 @@ def test_a_direction_only_fine_tune_perturbs_the_direction_weights_on_the_gradie
         lr_schedules=["constant"],
     )
     trainer = MetaTrainer(config, tmp_path)
-    network = trainer.network
-    names = {id(p): name for name, p in network.named_parameters()}
-    trained = {names[key]: mask for key, mask in trainer.gradient_masks.items()}
+    network, trained = trainer.network, masks_by_name(trainer)
     first, gradient_inputs = network.hidden_size, ["g", "m0.5", "m0.9", "m0.99"]
     columns = [first + network.input_names.index(name) for name in gradient_inputs]
     assert set(trained) == {"readout.weight"}  # linear_direction: the direction has no bias
