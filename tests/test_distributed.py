@@ -1,6 +1,7 @@
 """LearnedOptimizer under DDP, FSDP2 (+ DCP) and ZeroRedundancyOptimizer: 2 CPU processes with gloo."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -73,67 +74,39 @@ def test_fsdp_shards_the_lstm_state(distributed_run):
     assert 0.3 < fraction < 0.7
 
 
-def test_torchrun_meta_training_equals_single_process_of_the_same_budget(tmp_path):
-    common = [
-        "train",
-        "--task",
-        "quadratic",
-        "--iterations",
-        "3",
-        "--horizon",
-        "20",
-        "--unroll",
-        "10",
-        "--validation-problems",
-        "2",
-        "--validate-every",
-        "3",
-        "--hidden-size",
-        "8",
-        "--preprocessing",
-        "identity",
-        "--output-scale",
-        "1.0",
-        "--no-progress",
-    ]
+def meta_train(arguments: list[str], out: Path, processes: int) -> Path:
+    """``learned_torch_optim.meta train`` into ``out``, under torchrun with more than one process."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    two = subprocess.run(
-        [
-            *torchrun,
-            "-m",
-            "learned_torch_optim.meta",
-            *common,
-            "--meta-batch-size",
-            "1",
-            "--out",
-            str(tmp_path / "two"),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert two.returncode == 0, two.stderr[-3000:]
-    one = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "learned_torch_optim.meta",
-            *common,
-            "--meta-batch-size",
-            "2",
-            "--out",
-            str(tmp_path / "one"),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert one.returncode == 0, one.stderr[-3000:]
-    distributed = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=True)["network"]
-    single = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=True)["network"]
+    launcher = [sys.executable]
+    if processes > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    command = [*launcher, "-m", "learned_torch_optim.meta", *arguments, "--no-progress", "--out", str(out)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def test_torchrun_meta_training_equals_single_process_of_the_same_budget(tmp_path):
+    common = "train --task quadratic --iterations 3 --horizon 20 --unroll 10 --validation-problems 2 --validate-every 3"
+    common += " --hidden-size 8 --preprocessing identity --output-scale 1.0"
+    two = meta_train([*common.split(), "--meta-batch-size", "1"], tmp_path / "two", processes=2)
+    one = meta_train([*common.split(), "--meta-batch-size", "2"], tmp_path / "one", processes=1)
+    distributed = torch.load(two / "checkpoint.pt", weights_only=True)["network"]
+    single = torch.load(one / "checkpoint.pt", weights_only=True)["network"]
     for name, tensor in single.items():
         torch.testing.assert_close(distributed[name], tensor, rtol=1e-4, atol=1e-5)
-    LearnedOptimizer([torch.nn.Parameter(torch.ones(3))], weights=tmp_path / "two")
+    LearnedOptimizer([torch.nn.Parameter(torch.ones(3))], weights=two)
+
+
+def test_torchrun_evolution_strategies_rescale_problems_and_share_validation_out(tmp_path):
+    torch.manual_seed(0)
+    CoordinatewiseLSTM(hidden_size=8, output_scale=0.01).save_pretrained(tmp_path / "start")
+    arguments = f"train --task quadratic,quadratic-ill --init-from {tmp_path / 'start'} --meta-gradient es"
+    arguments += " --es-pairs 1 --es-sigma 0.1 --meta-lr 0.01 --param-scale 3 --iterations 2 --horizon 20"
+    arguments += " --validation-problems 3 --validation-per-family --validation-metric final --validate-every 1"
+    two = meta_train(arguments.split(), tmp_path / "two", processes=2)
+    one = meta_train(arguments.split(), tmp_path / "one", processes=1)
+    rows = {run: [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (one, two)}
+    assert rows[two][0]["validation_loss"] == pytest.approx(rows[one][0]["validation_loss"], rel=1e-6)
+    assert all(math.isfinite(row["validation_loss"]) for row in rows[two])
+    assert json.loads((two / "config.json").read_text())["hidden_size"] == 8

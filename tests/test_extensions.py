@@ -314,9 +314,9 @@ def test_validation_against_the_start_counts_the_problems_made_worse_minus_bette
     )
     config = replace(config, validation_problems=4, meta_lr_schedule="constant", horizon_curriculum=[])
     tuned = MetaTrainer(config, tmp_path / "tuned")
-    finals = iter([[1.0, 2.0, 3.0, 4.0], [0.5, 2.0, 3.5, math.nan]])
+    finals = iter([1.0, 2.0, 3.0, 4.0] + [0.5, 2.0, 3.5, math.nan])  # each problem's, one validation after the other
     protocol = importlib.import_module("learned_torch_optim.meta.evaluation.protocol")
-    monkeypatch.setattr(protocol, "tail_mean", lambda curves, fraction: torch.tensor(next(finals)).log())
+    monkeypatch.setattr(protocol, "tail_mean", lambda curve, fraction: torch.tensor(next(finals)).log())
     assert tuned.validate() == 0.0 and tuned.start_scores == pytest.approx([0.0, math.log(2), math.log(3), math.log(4)])
     assert tuned.validate() == pytest.approx((2 - 1) / 4)  # 0.5 better, 2.0 equal, 3.5 and the diverged run worse
     monkeypatch.undo()

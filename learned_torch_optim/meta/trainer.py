@@ -737,11 +737,6 @@ class MetaTrainer:
         distributed = dist.is_available() and dist.is_initialized()
         self.rank = dist.get_rank() if distributed else 0
         self.world_size = dist.get_world_size() if distributed else 1
-        if config.param_scale is not None and self.world_size > 1:
-            raise ValueError(
-                "param_scale is not supported in distributed meta-training: every process would draw the scales from "
-                "the shared generator"
-            )
         torch.manual_seed(config.seed)
         self.device = torch.device(config.device)
         self.rule = network_rule(config.network_rule)
@@ -996,18 +991,14 @@ class MetaTrainer:
         """Sample fresh problems and meta-train on them over one horizon: their mean loss (with
         ``meta_gradient="es"``: the mean score of the runs that did not diverge)."""
         k = self.meta_batch_size
-        seeds = torch.randint(2**62, (self.world_size * k,), generator=self.generator).tolist()
-        seeds = seeds[self.rank * k : (self.rank + 1) * k]
+        every_seed = torch.randint(2**62, (self.world_size * k,), generator=self.generator).tolist()
+        seeds = every_seed[self.rank * k : (self.rank + 1) * k]
         if self.config.meta_lr_schedule == "cosine":
             progress = self.iteration / self.config.iterations
             for group in self.meta_optimizer.param_groups:
                 group["lr"] = self.config.meta_lr * (1 + math.cos(math.pi * progress)) / 2
         drawn = self.task.problems(seeds)
-        scales = None
-        if self.config.param_scale is not None:
-            log_range = math.log(self.config.param_scale)
-            n = drawn.init_params().numel()
-            scales = torch.exp((2 * torch.rand(n, generator=self.generator) - 1) * log_range)
+        scales = None if self.config.param_scale is None else self._draw_scales(every_seed)
 
         def problem(drawn: Problem) -> Problem:
             return (drawn if scales is None else RescaledProblem(drawn, scales)).to(self.device)
@@ -1029,6 +1020,18 @@ class MetaTrainer:
             average_across_processes=self.world_size > 1,
             lr_factors=None if schedule is None else factor * lr_factors(schedule, horizon),
         )
+
+    def _draw_scales(self, every_seed: list[int]) -> torch.Tensor:
+        """The scales of :class:`RescaledProblem` for this process's problems, log-uniform in ``[1 / param_scale,
+        param_scale]``.  Every process draws those of every process's problems (``every_seed``, ``meta_batch_size``
+        a process) from the shared generator, in rank order, and keeps its own, so that all stay in step for the
+        draws that follow (the lr, the perturbations of evolution strategies)."""
+        k, log_range = self.meta_batch_size, math.log(self.config.param_scale)
+        scales = []
+        for rank in range(self.world_size):
+            n = self.task.problems(every_seed[rank * k : (rank + 1) * k]).init_params().numel()
+            scales.append(torch.exp((2 * torch.rand(n, generator=self.generator) - 1) * log_range))
+        return scales[self.rank]
 
     def _draw_lr(self) -> tuple[Schedule | None, float]:
         """This iteration's lr: a schedule of ``lr_schedules`` (``"constant"`` without them) and a factor of
@@ -1098,28 +1101,30 @@ class MetaTrainer:
         of the training distribution, at the network's ``nominal_lr`` under the run's schedules in turn.  With
         ``"final-vs-start"``: the share of these problems whose final loss is above the starting weights' minus the
         share below (a diverged run is above), 0 for the starting weights, whose final losses the first call
-        records."""
+        records.  Under ``torch.distributed`` the processes share the problems out."""
         from .evaluation import protocol
 
-        problems = [self.validation_problem(i).to(self.device) for i in range(self.config.validation_problems)]
         horizon = self.validation_horizon
         schedules = self.config.lr_schedules or ["constant"]
-        curves = torch.stack(
-            [
-                protocol.run_learned(self.network, problem, horizon, schedule=schedules[i % len(schedules)])
-                for i, problem in enumerate(problems)
-            ]
-        )
-        if self.config.meta_loss == "log":
-            curves = log_loss(curves)
-        if self.config.validation_metric != "mean":
-            curves = protocol.tail_mean(curves, protocol.FINAL_FRACTION)
+        scores = torch.zeros(self.config.validation_problems)  # each problem's, summed across processes below
+        for i in range(self.rank, self.config.validation_problems, self.world_size):
+            problem = self.validation_problem(i).to(self.device)
+            curve = protocol.run_learned(self.network, problem, horizon, schedule=schedules[i % len(schedules)]).cpu()
+            if self.config.meta_loss == "log":
+                curve = log_loss(curve)
+            scores[i] = (
+                curve.mean()
+                if self.config.validation_metric == "mean"
+                else protocol.tail_mean(curve, protocol.FINAL_FRACTION)
+            )
+        if self.world_size > 1:  # every process ran every world_size-th problem
+            dist.all_reduce(scores)
         if self.config.validation_metric == "final-vs-start":
-            finals = curves.nan_to_num(math.inf, math.inf).tolist()
+            finals = scores.nan_to_num(math.inf, math.inf).tolist()
             if not self.start_scores:
                 self.start_scores = finals
             return sum((f > s) - (f < s) for f, s in zip(finals, self.start_scores, strict=True)) / len(finals)
-        metric = curves.mean().item()
+        metric = scores.mean().item()
         return metric if math.isfinite(metric) else math.inf
 
     # -- the run -----------------------------------------------------------------------------------------------
