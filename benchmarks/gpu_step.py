@@ -1,6 +1,6 @@
 """Optimizer step on one GPU at 1e8 parameters against Adam(fused=True) and the roofline (about 2 minutes on an H100).
 
-    python benchmarks/gpu_step.py [--size 1e8] [--repeats 5] [--check-size 1e5]
+    python benchmarks/gpu_step.py [--size 1e8] [--repeats 5] [--check-size 1e5] [--weights NAME]
 
 Rows: ``adam-fused`` (``torch.optim.Adam(fused=True)``), ``learned-fused`` (``LearnedOptimizer(implementation=
 "fused")``: the Triton kernel where Triton is installed) and ``learned-blocked`` (the same blocks with torch
@@ -14,8 +14,10 @@ transcendentals (see ``benchmarks/step.py``), so::
     bound         = max(memory bound, compute bound)
 
 Peak temporary memory is ``torch.cuda.max_memory_allocated()`` during a step minus the memory allocated before it
-(parameters, gradients, state).  Before timing, the fused step is checked against the reference on ``--check-size``
-parameters.  Exits with a message (status 0) where no GPU is present.
+(parameters, gradients, state).  ``--weights`` times another network (``l2l-general-v6``, the default, say) in the
+paper's network's place; its rows have no ``x bound`` (the counts above are the paper's network's).  Before timing,
+the fused step is checked against the reference on ``--check-size`` parameters.  Exits with a message (status 0)
+where no GPU is present.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from torch import nn
 from learned_torch_optim import CoordinatewiseLSTM, LearnedOptimizer
 from learned_torch_optim.kernels import select_kernel
 from learned_torch_optim.kernels.blocked import pack_network
+from learned_torch_optim.weights import load_weights
 
 
 def gpu_time(function, repeats: int) -> float:
@@ -95,13 +98,15 @@ def main() -> None:
     parser.add_argument("--size", type=float, default=1e8)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--check-size", type=float, default=1e5)
+    parser.add_argument("--weights", default=None, help="weights to time (default: the paper's network, untrained)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("gpu_step: no CUDA GPU here; nothing to measure.")
         sys.exit(0)
     path, _ = select_kernel(pack_network(CoordinatewiseLSTM(), torch.device("cuda")), torch.device("cuda"), True)
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}; fused path: {path}")
-    network = CoordinatewiseLSTM().cuda()
+    network = (CoordinatewiseLSTM() if args.weights is None else load_weights(args.weights)).cuda()
+    print(f"network: {args.weights or 'the paper form'}")
     print(f"fused vs reference, {int(args.check_size)} parameters, 3 steps: max |diff| = "
           f"{check_against_reference(network, int(args.check_size)):.2e}")  # fmt: skip
     rates = machine_rates()
@@ -130,7 +135,7 @@ def main() -> None:
         peak = torch.cuda.max_memory_allocated() - before
         state = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values())
         rows[label] = seconds
-        ratio = f"{seconds / bound:.2f}" if label != "adam-fused" else "-"
+        ratio = f"{seconds / bound:.2f}" if label != "adam-fused" and args.weights is None else "-"
         print(
             f"{label:>16} {seconds * 1e3:>10.2f} {ratio:>8} {seconds / rows['adam-fused']:>8.1f} "
             f"{peak / 2**20:>13.1f} {state / 1e9:>9.2f}"
