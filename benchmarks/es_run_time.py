@@ -1,0 +1,52 @@
+"""The cost of one run of evolution strategies: ``LearnedOptimizer`` over ``--steps`` steps on one problem of each
+family of ``--task``, on ``--device``, as ``meta.trainer`` runs it (``protocol.run_learned``, warm-up + cosine).
+
+    python benchmarks/es_run_time.py --task quadratic,mnist-conv,char-rnn --device cuda [--steps 300] [--data-dir DIR]
+
+Prints each family's seconds and the total.  It says where evolution strategies should run on a machine: the
+problems of meta-training are small, so a step on a GPU is bound by kernel launches, and on the lent H200 machine a
+300-step run of each of the 11 families of ``l2l-general-v6``'s mixture took 13.9 s on the GPU against 17.6 s on one
+of its 16 CPU cores (``docs/meta-training.md``, "On the lent GPU machine").  Run it with ``OMP_NUM_THREADS=1`` to
+time one core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from learned_torch_optim.meta.evaluation import protocol
+from learned_torch_optim.meta.tasks import MixtureTask, get_task
+from learned_torch_optim.weights import load_weights
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", required=True, help="a task or a comma-separated mixture of tasks")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--weights", default="l2l-general-v6")
+    parser.add_argument("--data-dir", default=None)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    task = get_task(args.task, split="train", data_dir=args.data_dir)
+    families = task.tasks if isinstance(task, MixtureTask) else [task]
+    network = load_weights(args.weights).to(device)
+    total = 0.0
+    for index, family in enumerate(families):
+        problem = family.problem(1000 + index).to(device)
+        started = time.perf_counter()
+        curve = protocol.run_learned(network, problem, args.steps, schedule="warmup-cosine")
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - started
+        total += seconds
+        print(f"{family.name:>22} {seconds:7.2f} s   final loss {curve[-1].item():.4g}", flush=True)
+    print(f"{'total':>22} {total:7.2f} s   ({len(families)} problems x {args.steps} steps on {device}, "
+          f"{torch.get_num_threads()} threads)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
