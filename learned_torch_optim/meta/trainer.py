@@ -998,7 +998,7 @@ class MetaTrainer:
             for group in self.meta_optimizer.param_groups:
                 group["lr"] = self.config.meta_lr * (1 + math.cos(math.pi * progress)) / 2
         drawn = self.task.problems(seeds)
-        scales = None if self.config.param_scale is None else self._draw_scales(every_seed)
+        scales = None if self.config.param_scale is None else self._draw_scales(every_seed, drawn)
 
         def problem(drawn: Problem) -> Problem:
             return (drawn if scales is None else RescaledProblem(drawn, scales)).to(self.device)
@@ -1021,15 +1021,16 @@ class MetaTrainer:
             lr_factors=None if schedule is None else factor * lr_factors(schedule, horizon),
         )
 
-    def _draw_scales(self, every_seed: list[int]) -> torch.Tensor:
-        """The scales of :class:`RescaledProblem` for this process's problems, log-uniform in ``[1 / param_scale,
-        param_scale]``.  Every process draws those of every process's problems (``every_seed``, ``meta_batch_size``
-        a process) from the shared generator, in rank order, and keeps its own, so that all stay in step for the
-        draws that follow (the lr, the perturbations of evolution strategies)."""
+    def _draw_scales(self, every_seed: list[int], drawn: Problem) -> torch.Tensor:
+        """The scales of :class:`RescaledProblem` for this process's problems ``drawn``, log-uniform in
+        ``[1 / param_scale, param_scale]``.  Every process draws those of every process's problems (``every_seed``,
+        ``meta_batch_size`` a process) from the shared generator, in rank order, and keeps its own, so that all stay
+        in step for the draws that follow (the lr, the perturbations of evolution strategies)."""
         k, log_range = self.meta_batch_size, math.log(self.config.param_scale)
         scales = []
         for rank in range(self.world_size):
-            n = self.task.problems(every_seed[rank * k : (rank + 1) * k]).init_params().numel()
+            problems = drawn if rank == self.rank else self.task.problems(every_seed[rank * k : (rank + 1) * k])
+            n = problems.init_params().numel()
             scales.append(torch.exp((2 * torch.rand(n, generator=self.generator) - 1) * log_range))
         return scales[self.rank]
 
@@ -1082,7 +1083,7 @@ class MetaTrainer:
             average_across_processes=self.world_size > 1,
         )
         finite = [s for s in scores if math.isfinite(s)]
-        mean = torch.tensor([sum(finite) / len(finite) if finite else math.inf])
+        mean = torch.tensor([sum(finite) / len(finite) if finite else math.inf], device=self.device)
         if self.world_size > 1:
             _all_reduce_mean([mean])
         return mean.item()
@@ -1118,7 +1119,9 @@ class MetaTrainer:
                 else protocol.tail_mean(curve, protocol.FINAL_FRACTION)
             )
         if self.world_size > 1:  # every process ran every world_size-th problem
-            dist.all_reduce(scores)
+            on_device = scores.to(self.device)  # NCCL reduces CUDA tensors only
+            dist.all_reduce(on_device)
+            scores = on_device.cpu()
         if self.config.validation_metric == "final-vs-start":
             finals = scores.nan_to_num(math.inf, math.inf).tolist()
             if not self.start_scores:
