@@ -26,16 +26,18 @@ pytestmark = [
 THREAD_TEARDOWN_ABORT = "terminate called without an active exception"
 
 
-def launch(mode: str, weights: Path, out: Path) -> None:
+def run_once_more_on_teardown_abort(command: list[str]) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     for _ in range(2):
-        result = subprocess.run(
-            [*command, str(WORKER), mode, str(weights), str(out)], env=env, capture_output=True, text=True, timeout=300
-        )
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
         if result.returncode == 0 or THREAD_TEARDOWN_ABORT not in result.stdout + result.stderr:
             break
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def launch(mode: str, weights: Path, out: Path) -> None:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    run_once_more_on_teardown_abort([*command, str(WORKER), mode, str(weights), str(out)])
 
 
 @pytest.fixture(scope="module")
@@ -75,14 +77,13 @@ def test_fsdp_shards_the_lstm_state(distributed_run):
 
 
 def meta_train(arguments: list[str], out: Path, processes: int) -> Path:
-    """``learned_torch_optim.meta train`` into ``out``, under torchrun with more than one process."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    """``learned_torch_optim.meta train`` into ``out``: under torchrun with ``processes`` > 1, else plainly."""
     launcher = [sys.executable]
     if processes > 1:
         launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
-    command = [*launcher, "-m", "learned_torch_optim.meta", *arguments, "--no-progress", "--out", str(out)]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_once_more_on_teardown_abort(
+        [*launcher, "-m", "learned_torch_optim.meta", *arguments, "--no-progress", "--out", str(out)]
+    )
     return out
 
 

@@ -165,6 +165,25 @@ def test_rescaled_problem_is_the_problem_in_other_coordinates():
     assert torch.equal(rescaled.loss(phi, None), problem.loss(phi * scales, None))
 
 
+def test_each_process_draws_every_process_scales_and_keeps_its_own(tmp_path):
+    """Under torch.distributed with ``param_scale``, rank ``r`` keeps the ``r``-th part of one stream of scales drawn
+    for every rank's problems, so the shared generators stay in step (the problems differ in size here)."""
+    config = quick(task="quadratic,quadratic-ill", meta_batch_size=1)
+    ranks = [MetaTrainer(config, tmp_path / f"rank{r}") for r in range(2)]
+    mixture = ranks[0].task
+    seeds = [next(s for s in range(100) if mixture.family(s).name == name) for name in ("quadratic", "quadratic-ill")]
+    kept = []
+    for rank, trainer in enumerate(ranks):
+        trainer.rank, trainer.world_size = rank, 2
+        kept.append(trainer._draw_scales(seeds, mixture.problems(seeds[rank : rank + 1])))
+    assert torch.equal(ranks[0].generator.get_state(), ranks[1].generator.get_state())
+    stream = torch.exp(
+        (2 * torch.rand(10 + 20, generator=torch.Generator().manual_seed(config.seed)) - 1) * math.log(10)
+    )
+    assert [k.numel() for k in kept] == [10, 20]
+    assert torch.equal(torch.cat(kept), stream)
+
+
 def quick(**overrides):
     values = dict(
         task="quadratic",

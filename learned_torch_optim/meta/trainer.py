@@ -1025,7 +1025,8 @@ class MetaTrainer:
         """The scales of :class:`RescaledProblem` for this process's problems ``drawn``, log-uniform in
         ``[1 / param_scale, param_scale]``.  Every process draws those of every process's problems (``every_seed``,
         ``meta_batch_size`` a process) from the shared generator, in rank order, and keeps its own, so that all stay
-        in step for the draws that follow (the lr, the perturbations of evolution strategies)."""
+        in step for the draws that follow (the lr, the perturbations of evolution strategies); it builds the other
+        processes' problems to count their parameters."""
         k, log_range = self.meta_batch_size, math.log(self.config.param_scale)
         scales = []
         for rank in range(self.world_size):
@@ -1107,7 +1108,7 @@ class MetaTrainer:
 
         horizon = self.validation_horizon
         schedules = self.config.lr_schedules or ["constant"]
-        scores = torch.zeros(self.config.validation_problems)  # each problem's, summed across processes below
+        scores = torch.zeros(self.config.validation_problems, dtype=torch.float64)  # summed across processes below
         for i in range(self.rank, self.config.validation_problems, self.world_size):
             problem = self.validation_problem(i).to(self.device)
             curve = protocol.run_learned(self.network, problem, horizon, schedule=schedules[i % len(schedules)]).cpu()
