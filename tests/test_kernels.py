@@ -432,7 +432,8 @@ def test_cuda_step_equals_the_reference(implementation, config):
         torch.manual_seed(0)
         params = [torch.nn.Parameter(torch.randn(shape, device="cuda")) for shape in ((300, 70), (70,), (5,))]
         optimizer = LearnedOptimizer(params, weights=network, implementation=chosen)
-        for _ in range(3):
+        for lr in (1.0, 2.0, 0.5):  # a warm-up, then a decay: the lr inputs of the shipped form are not 0
+            optimizer.param_groups[0]["lr"] = lr * network.nominal_lr
             for p in params:
                 p.grad = torch.randn_like(p) * 0.01
             optimizer.step()
