@@ -6,8 +6,8 @@ family of ``--task``, on ``--device``, as ``meta.trainer`` runs it (``protocol.r
 Prints each family's seconds and the total.  It says where evolution strategies should run on a machine: the
 problems of meta-training are small, so a step on a GPU is bound by kernel launches, and on the lent H200 machine a
 300-step run of each of the 11 families of ``l2l-general-v6``'s mixture took 13.9 s on the GPU against 17.6 s on one
-of its 16 CPU cores (``docs/meta-training.md``, "On the lent GPU machine").  Run it with ``OMP_NUM_THREADS=1`` to
-time one core.
+of its 16 CPU cores (``docs/meta-training.md``, "On the lent GPU machine"; measured without the warm-up run this
+script now makes).  Run it with ``OMP_NUM_THREADS=1`` to time one core.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ def main() -> None:
     task = get_task(args.task, split="train", data_dir=args.data_dir)
     families = task.tasks if isinstance(task, MixtureTask) else [task]
     network = load_weights(args.weights).to(device)
+    protocol.run_learned(network, families[0].problem(0).to(device), 10)  # untimed: the device's and kernels' start-up
     total = 0.0
     for index, family in enumerate(families):
         problem = family.problem(1000 + index).to(device)

@@ -14,10 +14,10 @@ transcendentals (see ``benchmarks/step.py``), so::
     bound         = max(memory bound, compute bound)
 
 Peak temporary memory is ``torch.cuda.max_memory_allocated()`` during a step minus the memory allocated before it
-(parameters, gradients, state).  ``--weights`` times another network (``l2l-general-v6``, the default, say) in the
-paper's network's place; its rows have no ``x bound`` (the counts above are the paper's network's).  Before timing,
-the fused step is checked against the reference on ``--check-size`` parameters.  Exits with a message (status 0)
-where no GPU is present.
+(parameters, gradients, state).  ``--weights`` times another network in the paper's network's place (for instance
+``l2l-general-v6``, the package's default weights); then no bound is printed (the counts above are the paper's).
+Before timing, the fused step is checked against the reference on ``--check-size`` parameters.  Exits with a message
+(status 0) where no GPU is present.
 """
 
 from __future__ import annotations
@@ -103,10 +103,10 @@ def main() -> None:
     if not torch.cuda.is_available():
         print("gpu_step: no CUDA GPU here; nothing to measure.")
         sys.exit(0)
-    path, _ = select_kernel(pack_network(CoordinatewiseLSTM(), torch.device("cuda")), torch.device("cuda"), True)
-    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}; fused path: {path}")
     network = (CoordinatewiseLSTM() if args.weights is None else load_weights(args.weights)).cuda()
-    print(f"network: {args.weights or 'the paper form'}")
+    path, _ = select_kernel(pack_network(network, torch.device("cuda")), torch.device("cuda"), True)
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
+    print(f"network: {args.weights or 'the paper form'}; fused path: {path}")
     print(f"fused vs reference, {int(args.check_size)} parameters, 3 steps: max |diff| = "
           f"{check_against_reference(network, int(args.check_size)):.2e}")  # fmt: skip
     rates = machine_rates()
@@ -119,7 +119,10 @@ def main() -> None:
     memory_bound = n * 652 / rates["bandwidth"]
     compute_bound = n * (9960 / rates["gemm"] + 201 / rates["sigmoid"])
     bound = max(memory_bound, compute_bound)
-    print(f"{n} parameters; memory bound {memory_bound * 1e3:.1f} ms, compute bound {compute_bound * 1e3:.1f} ms")
+    print(f"{n} parameters", end="")
+    if args.weights is None:
+        print(f"; memory bound {memory_bound * 1e3:.1f} ms, compute bound {compute_bound * 1e3:.1f} ms", end="")
+    print()
     print(f"{'optimizer':>16} {'step ms':>10} {'x bound':>8} {'x Adam':>8} {'peak temp MB':>13} {'state GB':>9}")
     rows = {}
     for label in ("adam-fused", "learned-fused", "learned-blocked"):
