@@ -119,10 +119,8 @@ def main() -> None:
     memory_bound = n * 652 / rates["bandwidth"]
     compute_bound = n * (9960 / rates["gemm"] + 201 / rates["sigmoid"])
     bound = max(memory_bound, compute_bound)
-    print(f"{n} parameters", end="")
-    if args.weights is None:
-        print(f"; memory bound {memory_bound * 1e3:.1f} ms, compute bound {compute_bound * 1e3:.1f} ms", end="")
-    print()
+    bounds = f"; memory bound {memory_bound * 1e3:.1f} ms, compute bound {compute_bound * 1e3:.1f} ms"
+    print(f"{n} parameters{bounds if args.weights is None else ''}")
     print(f"{'optimizer':>16} {'step ms':>10} {'x bound':>8} {'x Adam':>8} {'peak temp MB':>13} {'state GB':>9}")
     rows = {}
     for label in ("adam-fused", "learned-fused", "learned-blocked"):
