@@ -56,6 +56,24 @@ def test_a_pair_with_a_diverged_run_is_left_out():
     assert torch.isfinite(grads[0]).all() and grads[0].abs().sum() > 0
 
 
+def test_scoring_all_perturbations_at_once_gives_the_estimate_of_one_at_a_time():
+    params = [torch.tensor([0.3, -0.2]), torch.tensor([[1.5]])]
+
+    def loss(values: list[Tensor]) -> float:
+        return float(((values[0] - 1) ** 2).sum() + values[1].sum() ** 3)
+
+    def estimate(**scorer) -> tuple[list[Tensor], list[float]]:
+        generator = torch.Generator().manual_seed(4)
+        return antithetic_gradient(params, **scorer, pairs=6, sigma=0.1, generator=generator, ranks=True)
+
+    at_once = estimate(score_all=lambda perturbed: [loss(values) for values in perturbed])
+    in_turn = estimate(score=lambda: loss(params))
+    assert at_once[1] == in_turn[1]
+    assert all(torch.equal(a, b) for a, b in zip(at_once[0], in_turn[0], strict=True))
+    with pytest.raises(TypeError, match="score or score_all"):
+        antithetic_gradient(params, pairs=1, sigma=0.1, generator=torch.Generator())
+
+
 def es_config(**overrides) -> TrainConfig:
     settings = dict(meta_gradient="es", es_pairs=2, es_sigma=0.05, meta_loss="log", lr_schedules=["warmup-cosine"])
     return quick_config(**{**settings, **overrides})
@@ -284,6 +302,8 @@ def test_ranked_estimates_do_not_depend_on_the_scale_of_the_loss():
         ({"es_sigma": 0.0}, "es_sigma must be positive"),
         ({"second_derivatives": True}, "options of the BPTT meta-gradient"),
         ({"meta_gradient": "pes"}, "meta_gradient must be one of"),
+        ({"meta_gradient": "bptt", "es_vectorize": True}, "es_vectorize .* needs meta_gradient='es'"),
+        ({"es_vectorize": True, "network_rule": ["paper-cifar"]}, "one network"),
     ],
 )
 def test_bad_es_settings_are_refused(overrides, message):

@@ -192,6 +192,25 @@ def test_killed_run_resumes_exactly(tmp_path, monkeypatch):
     assert strip([json.loads(line) for line in lines]) == strip(straight.rows)
 
 
+def test_a_fine_tune_killed_in_its_first_iteration_keeps_the_validation_of_its_start(tmp_path, monkeypatch):
+    config = quick_config(init_from="l2l-paper-quadratic", network_config={}, iterations=2)
+    original = MetaTrainer.train_iteration
+
+    def killed(self):
+        raise Killed
+
+    monkeypatch.setattr(MetaTrainer, "train_iteration", killed)
+    with pytest.raises(Killed):
+        MetaTrainer(config, tmp_path / "resumed").train(progress=False)
+    monkeypatch.setattr(MetaTrainer, "train_iteration", original)
+    validations = []
+    monkeypatch.setattr(MetaTrainer, "validate", lambda self: validations.append(self.iteration) or 1.0)
+    resumed = MetaTrainer(config, tmp_path / "resumed")
+    resumed.train(resume=True, progress=False)
+    assert validations == [2]  # the start's validation came from the checkpoint
+    assert [row["iteration"] for row in resumed.rows] == [0, 1, 2] and resumed.rows[0]["validation_loss"] != 1.0
+
+
 def test_existing_run_needs_resume(tmp_path):
     MetaTrainer(quick_config(iterations=1), tmp_path).train(progress=False)
     with pytest.raises(FileExistsError, match="--resume"):
@@ -321,7 +340,7 @@ MUST_KEEP_ON_RESUME = {  # for every setting --resume must keep, a value other t
 def test_resume_refuses_a_change_of_every_setting_but_those_declared_changeable():
     saved = quick_config()
     changeable = {name for name, setting in SETTINGS.items() if setting.metadata["may_change_on_resume"]}
-    assert changeable == {"iterations", "checkpoint_every", "data_dir", "device", "command"}
+    assert changeable == {"iterations", "checkpoint_every", "data_dir", "device", "es_vectorize", "command"}
     assert set(MUST_KEEP_ON_RESUME) == set(SETTINGS) - changeable
     for name, value in MUST_KEEP_ON_RESUME.items():
         assert changed_settings(saved, replace(saved, **{name: value})) == [name]

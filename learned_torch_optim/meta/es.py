@@ -29,50 +29,67 @@ from torch import Tensor
 
 def antithetic_gradient(
     params: Sequence[Tensor],
-    score: Callable[[], float],
+    score: Callable[[], float] | None = None,
     *,
     pairs: int,
     sigma: float,
     generator: torch.Generator,
     masks: Sequence[Tensor | None] | None = None,
     ranks: bool = False,
+    score_all: Callable[[list[list[Tensor]]], Sequence[float]] | None = None,
 ) -> tuple[list[Tensor], list[float]]:
     """The estimate ``g`` above for ``params`` (one tensor per parameter, on ``params``'s devices) and the scores of
     the ``2 * pairs`` runs, in order ``+eps_1, -eps_1, +eps_2, ...``.
 
-    ``score()`` runs the network whose weights ``params`` are and returns ``L``; ``params`` are set to each
-    perturbation in place and given back their values exactly at the end.  ``masks[k]`` (1 where a weight trains)
-    restricts the perturbations of ``params[k]``; ``eps`` is drawn on the CPU from ``generator``.  ``ranks``: shape
-    the scores into centred ranks."""
+    Either ``score()`` runs the network whose weights ``params`` are and returns ``L``, one run at a time (``params``
+    are set to each perturbation in place and given back their values exactly at the end), or ``score_all`` takes
+    the ``2 * pairs`` perturbed values of ``params``, in that order, and returns their scores (a population run,
+    :mod:`.population`).  ``masks[k]`` (1 where a weight trains) restricts the perturbations of ``params[k]``;
+    ``eps`` is drawn on the CPU from ``generator``.  ``ranks``: shape the scores into centred ranks."""
+    if (score is None) == (score_all is None):
+        raise TypeError("antithetic_gradient takes score or score_all, not both or neither")
     masks = list(masks) if masks is not None else [None] * len(params)
+    noise = []
+    for _ in range(pairs):
+        eps = [torch.randn(p.shape, generator=generator).to(p.device) for p in params]
+        noise.append([e if mask is None else e * mask for e, mask in zip(eps, masks, strict=True)])
     originals = [p.detach().clone() for p in params]
-    scores: list[float] = []
-    counted: list[tuple[list[Tensor], list[float]]] = []  # the noise and the scores of each pair left in
+    perturbed = [
+        [original + sign * sigma * e for original, e in zip(originals, eps, strict=True)]
+        for eps in noise
+        for sign in (1.0, -1.0)
+    ]
+    scores = list(score_all(perturbed)) if score_all is not None else _one_at_a_time(params, score, perturbed)
+    counted = [  # the noise and the scores of each pair left in
+        (eps, scores[2 * i : 2 * i + 2])
+        for i, eps in enumerate(noise)
+        if all(math.isfinite(s) for s in scores[2 * i : 2 * i + 2])
+    ]
+    if ranks and counted:
+        shaped = centred_ranks([s for _, pair in counted for s in pair])
+        counted = [(eps, shaped[2 * i : 2 * i + 2]) for i, (eps, _) in enumerate(counted)]
+    estimate = [torch.zeros_like(p) for p in params]
+    for eps, (plus, minus) in counted:
+        for total, e in zip(estimate, eps, strict=True):
+            total.add_(e, alpha=(plus - minus) / (2 * sigma))
+    return [total / max(len(counted), 1) for total in estimate], scores
+
+
+def _one_at_a_time(params: Sequence[Tensor], score: Callable[[], float], perturbed: list[list[Tensor]]) -> list[float]:
+    """``score()`` with ``params`` set to each of ``perturbed`` in turn; ``params`` keep their values after."""
+    originals = [p.detach().clone() for p in params]
+    scores = []
     try:
-        for _ in range(pairs):
-            noise = [torch.randn(p.shape, generator=generator).to(p.device) for p in params]
-            noise = [eps if mask is None else eps * mask for eps, mask in zip(noise, masks, strict=True)]
-            pair = []
-            for sign in (1.0, -1.0):
-                with torch.no_grad():
-                    for p, original, eps in zip(params, originals, noise, strict=True):
-                        p.copy_(original + sign * sigma * eps)
-                pair.append(score())
-            scores += pair
-            if all(math.isfinite(s) for s in pair):
-                counted.append((noise, pair))
+        for values in perturbed:
+            with torch.no_grad():
+                for p, value in zip(params, values, strict=True):
+                    p.copy_(value)
+            scores.append(score())
     finally:
         with torch.no_grad():
             for p, original in zip(params, originals, strict=True):
                 p.copy_(original)
-    if ranks and counted:
-        shaped = centred_ranks([s for _, pair in counted for s in pair])
-        counted = [(noise, shaped[2 * i : 2 * i + 2]) for i, (noise, _) in enumerate(counted)]
-    estimate = [torch.zeros_like(p) for p in params]
-    for noise, (plus, minus) in counted:
-        for total, eps in zip(estimate, noise, strict=True):
-            total.add_(eps, alpha=(plus - minus) / (2 * sigma))
-    return [total / max(len(counted), 1) for total in estimate], scores
+    return scores
 
 
 def centred_ranks(scores: Sequence[float]) -> list[float]:
