@@ -35,15 +35,22 @@ def as_network(network: CoordinatewiseLSTM, weights: dict[str, torch.Tensor]) ->
     return copy
 
 
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
 @pytest.mark.parametrize("schedule", ["constant", "warmup-cosine"])
 @pytest.mark.parametrize("task", [regression_task(), get_task("rosenbrock")], ids=["module", "rosenbrock"])
-def test_each_member_runs_as_run_learned_runs_its_weights(task, schedule):
+def test_each_member_runs_as_run_learned_runs_its_weights(task, schedule, device):
     network = load_weights("l2l-general-v6")
     members = [{}, perturbed(network, 0.05, seed=1), {"readout.bias": torch.tensor([0.0, -1.0])}]
-    curves = run_population(network, stack_weights(network, members), task.problem(3), 40, 2.0, schedule)
+    on_device = as_network(network, {}).to(device)
+    weights = stack_weights(on_device, members)
+    curves = run_population(on_device, weights, task.problem(3).to(device), 40, 2.0, schedule).cpu()
     assert curves.shape == (3, 40)
     for member, curve in zip(members, curves, strict=True):
-        alone = protocol.run_learned(as_network(network, member), task.problem(3), 40, 2.0, schedule)
+        alone = as_network(network, member).to(device)
+        alone = protocol.run_learned(alone, task.problem(3).to(device), 40, 2.0, schedule).cpu()
         torch.testing.assert_close(curve, alone, rtol=1e-4, atol=1e-6)
     assert not torch.allclose(curves[0], curves[1]) and not torch.allclose(curves[0], curves[2])
 
