@@ -54,7 +54,7 @@ def run_population(
     rule = vmap(lambda w, g, s, lr_state: functional_call(network, w, (g, s, lr_state)), in_dims=(0, 0, 0, None))
     running = torch.ones(members, dtype=torch.bool, device=theta.device)
     losses = []
-    with torch.no_grad():
+    with torch.no_grad(), torch.backends.cudnn.flags(enabled=False):  # cuDNN's RNNs cannot run under vmap
         for t in range(steps):
             grad, loss = loss_and_grad(theta, problem.sample_batch())
             losses.append(loss)
