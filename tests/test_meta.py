@@ -211,6 +211,16 @@ def test_a_fine_tune_killed_in_its_first_iteration_keeps_the_validation_of_its_s
     assert [row["iteration"] for row in resumed.rows] == [0, 1, 2] and resumed.rows[0]["validation_loss"] != 1.0
 
 
+def test_a_run_from_a_gpu_machine_resumes_on_the_cpu(tmp_path):
+    MetaTrainer(quick_config(iterations=1), tmp_path).train(progress=False)
+    checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    checkpoint["config"]["device"] = "cuda"  # as a GPU machine wrote it; CUDA need not exist here
+    torch.save(checkpoint, tmp_path / "checkpoint.pt")
+    resumed = MetaTrainer(quick_config(iterations=2), tmp_path)
+    resumed.train(resume=True, progress=False)
+    assert resumed.iteration == 2
+
+
 def test_existing_run_needs_resume(tmp_path):
     MetaTrainer(quick_config(iterations=1), tmp_path).train(progress=False)
     with pytest.raises(FileExistsError, match="--resume"):

@@ -937,7 +937,8 @@ class MetaTrainer:
         reached, nor change under a schedule or curriculum, and a changed ``command`` is recorded after the saved
         one, for the model card."""
         checkpoint = self._read_checkpoint()
-        saved = TrainConfig.from_dict(checkpoint["config"])
+        # the device may change (a run from a GPU machine goes on here): the saved one need not exist on this one
+        saved = TrainConfig.from_dict({**checkpoint["config"], "device": self.config.device})
         changed = changed_settings(saved, self.config)
         if changed:
             differences = "; ".join(
