@@ -10,7 +10,8 @@ strategies should run on a machine: the problems of meta-training are small, so 
 launches, and on the lent H200 machine a
 300-step run of each of the 11 families of ``l2l-general-v6``'s mixture took 13.9 s on the GPU against 17.6 s on one
 of its 16 CPU cores (``docs/meta-training.md``, "On the lent GPU machine"; measured without the warm-up run this
-script now makes).  Run it with ``OMP_NUM_THREADS=1`` to time one core.
+script now makes).  Side by side the launches are shared: 64 runs took 1.2-4 times one run there on 8 of the families
+(``docs/performance.md``, "Evolution strategies on a GPU").  Run it with ``OMP_NUM_THREADS=1`` to time one core.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The meta-trainer: golden values from the original implementation, tasks, data, CLI, checkpoints and resume."""
 
 import json
+import math
 import os
 import re
 from dataclasses import replace
@@ -219,6 +220,29 @@ def test_a_run_from_a_gpu_machine_resumes_on_the_cpu(tmp_path):
     resumed = MetaTrainer(quick_config(iterations=2), tmp_path)
     resumed.train(resume=True, progress=False)
     assert resumed.iteration == 2
+
+
+def test_a_stopped_run_is_finished_where_it_stopped_by_resuming_with_those_iterations(tmp_path, monkeypatch):
+    config = quick_config(iterations=10, validate_every=10)
+    original = MetaTrainer.train_iteration
+
+    def stopped_in_iteration_4(self):
+        if self.iteration == 3:
+            raise Killed
+        return original(self)
+
+    monkeypatch.setattr(MetaTrainer, "train_iteration", stopped_in_iteration_4)
+    with pytest.raises(Killed):
+        MetaTrainer(config, tmp_path).train(progress=False)
+    monkeypatch.setattr(MetaTrainer, "train_iteration", original)
+    finished = MetaTrainer(replace(config, iterations=3), tmp_path)
+    finished.train(resume=True, progress=False)
+    assert [row["iteration"] for row in finished.rows] == [1, 2, 3] and "validation_loss" in finished.rows[-1]
+    assert finished.best_metric == finished.rows[-1]["validation_loss"] < math.inf
+    saved = CoordinatewiseLSTM.from_pretrained(tmp_path).state_dict()
+    assert all(torch.equal(saved[name], tensor) for name, tensor in finished.network.state_dict().items())
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert "validation_loss" in json.loads(lines[-1])
 
 
 def test_existing_run_needs_resume(tmp_path):

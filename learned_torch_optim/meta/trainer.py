@@ -1162,8 +1162,10 @@ class MetaTrainer:
     def train(self, *, resume: bool = False, overwrite: bool = False, progress: bool = True) -> Path:
         """Run to ``config.iterations``; returns the weights directory (``out_dir``).
 
-        ``resume`` continues the run in ``out_dir`` from its checkpoint.  A folder that holds another run, or files
-        but no run, is refused unless ``overwrite``: the run then starts there and replaces the files it writes."""
+        ``resume`` continues the run in ``out_dir`` from its checkpoint; resumed with ``iterations`` at the iteration
+        it reached (a stopped run finished where it stopped), it validates that iteration before writing the
+        weights.  A folder that holds another run, or files but no run, is refused unless ``overwrite``: the run then
+        starts there and replaces the files it writes."""
         if resume and overwrite:
             raise ValueError("--resume continues the run in --out, --overwrite starts a new one there: choose one")
         resuming = (self.out_dir / CHECKPOINT).exists() and not overwrite
@@ -1193,11 +1195,7 @@ class MetaTrainer:
             self.iteration += 1
             row: dict[str, Any] = {"iteration": self.iteration, "meta_loss": meta_loss}
             if self.iteration % self.config.validate_every == 0 or self.iteration == self.config.iterations:
-                row["validation_loss"] = self.validate()
-                if row["validation_loss"] < self.best_metric:
-                    self.best_metric = row["validation_loss"]
-                    self.best_state = copy.deepcopy(self.network.state_dict())
-                row["best_validation_loss"] = self.best_metric
+                self._validate_into(row)
             self.elapsed = time.perf_counter() - started
             row["elapsed_s"] = round(self.elapsed, 3)
             self.rows.append(row)
@@ -1206,9 +1204,20 @@ class MetaTrainer:
             if self.iteration % self.config.checkpoint_every == 0 or self.iteration == self.config.iterations:
                 self.save_checkpoint()
         bar.close()
+        if self.rows and self.iteration and "validation_loss" not in self.rows[-1]:
+            self._validate_into(self.rows[-1])
+            self.save_checkpoint()
         if self.rank == 0:
             self.save_weights()
         return self.out_dir
+
+    def _validate_into(self, row: dict[str, Any]) -> None:
+        """Validate the network now, keep it if it is the best so far, and record both in ``row``."""
+        row["validation_loss"] = self.validate()
+        if row["validation_loss"] < self.best_metric:
+            self.best_metric = row["validation_loss"]
+            self.best_state = copy.deepcopy(self.network.state_dict())
+        row["best_validation_loss"] = self.best_metric
 
     def _prepare_out_dir(self, *, resuming: bool, overwrite: bool) -> None:
         """Before any training: refuse an ``out_dir`` with files of others unless ``overwrite``, remove what a killed
