@@ -245,6 +245,22 @@ def test_a_stopped_run_is_finished_where_it_stopped_by_resuming_with_those_itera
     assert "validation_loss" in json.loads(lines[-1])
 
 
+def test_zero_iterations_validate_a_start_that_a_resumed_run_then_trains(tmp_path, monkeypatch):
+    config = quick_config(init_from="l2l-paper-quadratic", network_config={}, iterations=0)
+    start = MetaTrainer(config, tmp_path)
+    start.train(progress=False)
+    assert [row["iteration"] for row in start.rows] == [0] and (tmp_path / "checkpoint.pt").exists()
+    assert (tmp_path / "model.safetensors").exists()  # the start's weights, validated
+    validations = []
+    original = MetaTrainer.validate
+    monkeypatch.setattr(MetaTrainer, "validate", lambda self: validations.append(self.iteration) or original(self))
+    resumed = MetaTrainer(replace(config, iterations=2), tmp_path)
+    resumed.train(resume=True, progress=False)
+    assert validations == [2] and [row["iteration"] for row in resumed.rows] == [0, 1, 2]
+    with pytest.raises(ValueError, match=r"iterations must be at least 1 \(0 with init_from"):
+        quick_config(iterations=0)
+
+
 def test_existing_run_needs_resume(tmp_path):
     MetaTrainer(quick_config(iterations=1), tmp_path).train(progress=False)
     with pytest.raises(FileExistsError, match="--resume"):

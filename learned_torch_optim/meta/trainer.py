@@ -355,7 +355,8 @@ class TrainConfig:
     )
     iterations: int = setting(
         1000,
-        "iterations: each optimises --meta-batch-size fresh problems over the full horizon",
+        "iterations: each optimises --meta-batch-size fresh problems over the full horizon (0 with --init-from: "
+        "validate the start, checkpoint and stop, to --resume elsewhere)",
         card=("iterations", lambda t: t.iteration),
         may_change_on_resume=True,
     )
@@ -418,8 +419,11 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
+        if self.iterations < 0 or (self.iterations == 0 and self.init_from is None):
+            raise ValueError(
+                f"iterations must be at least 1 (0 with init_from: validate the start and stop), got {self.iterations}"
+            )
         for name in (
-            "iterations",
             "horizon",
             "unroll",
             "validate_every",
