@@ -208,3 +208,5 @@ def test_the_card_records_every_command_that_ran(tmp_path):
     assert "--iterations 2 " in commands[0] and "--data-dir" not in commands[0]
     assert "--iterations 3 " in commands[2] and commands[2].endswith(f"--data-dir {tmp_path / 'moved'}")
     assert "| iterations | 3 |" in card
+    assert cli_main([*longer, "--resume"]) == 0  # the last command again: the history stays
+    assert (out / "README.md").read_text().split("```bash\n")[1].split("```")[0].splitlines() == commands

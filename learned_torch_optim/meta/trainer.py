@@ -973,8 +973,10 @@ class MetaTrainer:
                 f"--resume: iterations={self.config.iterations}, but the run in {self.out_dir / CHECKPOINT} is at "
                 f"iteration {checkpoint['iteration']} already; pass --iterations {checkpoint['iteration']} or more"
             )
-        if saved.command and self.config.command and self.config.command != saved.command.rsplit("\n", 1)[-1]:
-            command = f"{saved.command}\n# resumed at iteration {checkpoint['iteration']} with\n{self.config.command}"
+        if saved.command and self.config.command:  # the commands so far, and this one if it differs from the last
+            command = saved.command
+            if self.config.command != saved.command.rsplit("\n", 1)[-1]:
+                command += f"\n# resumed at iteration {checkpoint['iteration']} with\n{self.config.command}"
             self.config = replace(self.config, command=command)
         self.iteration = checkpoint["iteration"]
         self.network.load_state_dict(checkpoint["network"])
