@@ -43,8 +43,8 @@ def run_population(
     """The loss curves of ``P`` runs of ``network``'s rule with the weights of :func:`stack_weights` (each parameter
     of shape ``(P, ...)``), on ``problem`` from its initial parameters and on its minibatches, shared by the
     members; shape ``(P, steps)``.  As :func:`~.evaluation.protocol.run_learned` at ``lr_factor`` times the
-    ``nominal_lr`` under ``schedule``: the loss before each step divided by ``problem.num_problems``, NaN from a
-    member's first NaN or infinite loss on (the member stops there)."""
+    ``nominal_lr`` under ``schedule``: the loss before each step divided by ``problem.num_problems``, NaN after a
+    member's first NaN or infinite loss (the member stops there)."""
     members = next(iter(weights.values())).shape[0]
     theta = problem.init_params().expand(members, -1).clone()
     state = network.initial_state(theta.shape[1], device=theta.device).expand(members, -1, -1).clone()
@@ -65,5 +65,5 @@ def run_population(
             theta = torch.where(keep, theta + factors[t] * update, theta)
             state = torch.where(keep.unsqueeze(2), new_state, state)
     curves = torch.stack(losses, dim=1) / problem.num_problems
-    stopped = (~torch.isfinite(curves)).cumsum(dim=1) > 0
-    return curves.masked_fill(stopped, math.nan)
+    diverged = ~torch.isfinite(curves)
+    return curves.masked_fill(diverged.cumsum(dim=1) - diverged.int() > 0, math.nan)
