@@ -243,10 +243,14 @@ def test_a_stopped_run_is_finished_where_it_stopped_by_resuming_with_those_itera
     assert all(torch.equal(saved[name], tensor) for name, tensor in finished.network.state_dict().items())
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert "validation_loss" in json.loads(lines[-1])
+    (tmp_path / "metrics.jsonl").unlink()  # a lost log: the checkpoint alone says where the run is
+    again = MetaTrainer(replace(config, iterations=3), tmp_path)
+    again.train(resume=True, progress=False)
+    assert [row["iteration"] for row in again.rows] == [3] and "validation_loss" in again.rows[-1]
 
 
 def test_zero_iterations_validate_a_start_that_a_resumed_run_then_trains(tmp_path, monkeypatch):
-    config = quick_config(init_from="l2l-paper-quadratic", network_config={}, iterations=0)
+    config = quick_config(init_from="l2l-paper-quadratic", network_config={}, iterations=0, meta_lr_schedule="cosine")
     start = MetaTrainer(config, tmp_path)
     start.train(progress=False)
     assert [row["iteration"] for row in start.rows] == [0] and (tmp_path / "checkpoint.pt").exists()
@@ -256,7 +260,7 @@ def test_zero_iterations_validate_a_start_that_a_resumed_run_then_trains(tmp_pat
     monkeypatch.setattr(MetaTrainer, "validate", lambda self: validations.append(self.iteration) or original(self))
     resumed = MetaTrainer(replace(config, iterations=2), tmp_path)
     resumed.train(resume=True, progress=False)
-    assert validations == [2] and [row["iteration"] for row in resumed.rows] == [0, 1, 2]
+    assert validations == [2] and [row["iteration"] for row in resumed.rows] == [0, 1, 2]  # under cosine too
     with pytest.raises(ValueError, match=r"iterations must be at least 1 \(0 with init_from"):
         quick_config(iterations=0)
 

@@ -300,8 +300,8 @@ class TrainConfig:
     es_vectorize: bool = setting(
         False,
         "with --meta-gradient es: run the 2 x --es-pairs perturbed networks of an iteration side by side, vectorised "
-        "with torch.func.vmap (meta.population), rather than one after another: the same scores, far fewer kernel "
-        "launches (for a GPU)",
+        "with torch.func.vmap (meta.population), rather than one after another: the same scores up to float "
+        "rounding, far fewer kernel launches (for a GPU)",
         card=None,
         may_change_on_resume=True,
     )
@@ -950,8 +950,11 @@ class MetaTrainer:
                 for name in changed
             )
             raise ValueError(f"--resume: {differences} in {self.out_dir / CHECKPOINT}")
-        if saved.iterations != self.config.iterations and (
-            self.config.meta_lr_schedule != "constant" or self.config.horizon_curriculum
+        trained = checkpoint["iteration"] > 0  # a checkpoint of iteration 0 holds the validation of the start alone
+        if (
+            trained
+            and saved.iterations != self.config.iterations
+            and (self.config.meta_lr_schedule != "constant" or self.config.horizon_curriculum)
         ):
             raise ValueError(
                 f"--resume: iterations={self.config.iterations} differs from the checkpoint's {saved.iterations} in "
@@ -963,7 +966,7 @@ class MetaTrainer:
                 f"--resume: init_from={self.config.init_from!r} now has sha256 {self.init_sha256}, but the run "
                 f"in {self.out_dir / CHECKPOINT} started from {checkpoint.get('init_sha256')}"
             )
-        if checkpoint["world_size"] != self.world_size:
+        if trained and checkpoint["world_size"] != self.world_size:
             raise ValueError(
                 f"--resume: {self.world_size} process(es), but {self.out_dir / CHECKPOINT} was written by a run of "
                 f"{checkpoint['world_size']}; the problems each process draws depend on it"
@@ -1191,7 +1194,7 @@ class MetaTrainer:
             desc="meta-train",
         )
         started = time.perf_counter() - self.elapsed
-        if self.iteration == 0 and self.config.init_from is not None and not self.rows:
+        if self.iteration == 0 and self.config.init_from is not None and not resuming:
             self.best_metric = self.validate()
             self.elapsed = time.perf_counter() - started
             self.rows.append({"iteration": 0, "validation_loss": self.best_metric, "elapsed_s": round(self.elapsed, 3)})
@@ -1210,8 +1213,14 @@ class MetaTrainer:
             if self.iteration % self.config.checkpoint_every == 0 or self.iteration == self.config.iterations:
                 self.save_checkpoint()
         bar.close()
-        if self.rows and self.iteration and "validation_loss" not in self.rows[-1]:
-            self._validate_into(self.rows[-1])
+        last = self.rows[-1] if self.rows and self.rows[-1]["iteration"] == self.iteration else None
+        if self.iteration and (last is None or "validation_loss" not in last):  # resumed where it stopped
+            if last is None:  # its log was lost
+                last = {"iteration": self.iteration}
+                self.rows.append(last)
+            self._validate_into(last)
+            self.elapsed = time.perf_counter() - started
+            last["elapsed_s"] = round(self.elapsed, 3)
             self.save_checkpoint()
         if self.rank == 0:
             self.save_weights()
