@@ -59,7 +59,10 @@ def antithetic_gradient(
         for eps in noise
         for sign in (1.0, -1.0)
     ]
-    scores = list(score_all(perturbed)) if score_all is not None else _one_at_a_time(params, score, perturbed)
+    if score_all is not None:
+        scores = list(score_all(perturbed))
+    else:
+        scores = _one_at_a_time(params, score, perturbed, originals)
     counted = [  # the noise and the scores of each pair left in
         (eps, scores[2 * i : 2 * i + 2])
         for i, eps in enumerate(noise)
@@ -75,9 +78,10 @@ def antithetic_gradient(
     return [total / max(len(counted), 1) for total in estimate], scores
 
 
-def _one_at_a_time(params: Sequence[Tensor], score: Callable[[], float], perturbed: list[list[Tensor]]) -> list[float]:
-    """``score()`` with ``params`` set to each of ``perturbed`` in turn; ``params`` keep their values after."""
-    originals = [p.detach().clone() for p in params]
+def _one_at_a_time(
+    params: Sequence[Tensor], score: Callable[[], float], perturbed: list[list[Tensor]], originals: list[Tensor]
+) -> list[float]:
+    """``score()`` with ``params`` set to each of ``perturbed`` in turn, then given back ``originals``."""
     scores = []
     try:
         for values in perturbed:
