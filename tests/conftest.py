@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from learned_torch_optim import CoordinatewiseLSTM
-from learned_torch_optim.meta import TrainConfig
+from learned_torch_optim.meta import MetaTrainer, TrainConfig
 
 
 @pytest.fixture
@@ -68,3 +68,18 @@ def quick_config(**overrides: Any) -> TrainConfig:
 
 class Killed(Exception):
     """Raised by a test to stand for a kill of the process at that point."""
+
+
+def train_until_killed(trainer: MetaTrainer, at_iteration: int, error: type[BaseException] = Killed) -> None:
+    """Run ``trainer`` until ``error`` is raised as it starts the iteration after ``at_iteration`` (0: the first)."""
+    original = MetaTrainer.train_iteration
+
+    def killed(self: MetaTrainer) -> float:
+        if self.iteration == at_iteration:
+            raise error
+        return original(self)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(MetaTrainer, "train_iteration", killed)
+        with pytest.raises(error):
+            trainer.train(progress=False)

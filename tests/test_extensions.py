@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from conftest import train_until_killed
 
 from learned_torch_optim import CoordinatewiseLSTM, LearnedOptimizer
 from learned_torch_optim.meta.tasks import MixtureTask, QuadraticTask, RescaledProblem, get_task
@@ -206,24 +207,13 @@ def quick(**overrides):
     return TrainConfig(**values)
 
 
-def test_generalist_methods_train_and_resume_exactly(tmp_path, monkeypatch):
+def test_generalist_methods_train_and_resume_exactly(tmp_path):
     straight = MetaTrainer(quick(), tmp_path / "straight")
     assert [straight.horizon(i) for i in range(4)] == [5, 5, 10, 10]
     straight.train(progress=False)
     assert all(math.isfinite(row["meta_loss"]) for row in straight.rows)
 
-    first = MetaTrainer(quick(iterations=4), tmp_path / "resumed")
-    original = MetaTrainer.train_iteration
-
-    def stop_at_3(self):
-        if self.iteration == 3:
-            raise KeyboardInterrupt
-        return original(self)
-
-    monkeypatch.setattr(MetaTrainer, "train_iteration", stop_at_3)
-    with pytest.raises(KeyboardInterrupt):
-        first.train(progress=False)
-    monkeypatch.setattr(MetaTrainer, "train_iteration", original)
+    train_until_killed(MetaTrainer(quick(iterations=4), tmp_path / "resumed"), 3, KeyboardInterrupt)
     resumed = MetaTrainer(quick(), tmp_path / "resumed")
     resumed.train(resume=True, progress=False)
     for name, tensor in straight.network.state_dict().items():

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import Killed, make_fake_mnist, quick_config
+from conftest import make_fake_mnist, quick_config, train_until_killed
 
 from learned_torch_optim import CoordinatewiseLSTM, LearnedOptimizer
 from learned_torch_optim.meta import MetaTrainer, ModuleTask, Problem, Task, TrainConfig, get_task, unroll
@@ -162,22 +162,12 @@ def test_unknown_task_is_named():
         get_task("no-such-task")
 
 
-def test_killed_run_resumes_exactly(tmp_path, monkeypatch):
+def test_killed_run_resumes_exactly(tmp_path):
     straight = MetaTrainer(quick_config(iterations=6, checkpoint_every=2), tmp_path / "straight")
     straight.train(progress=False)
 
     killed = MetaTrainer(quick_config(iterations=6, checkpoint_every=2), tmp_path / "resumed")
-    original = MetaTrainer.train_iteration
-
-    def dies_in_iteration_6(self):
-        if self.iteration == 5:  # checkpoint after iteration 4, iteration 5 done and lost, killed inside 6
-            raise Killed
-        return original(self)
-
-    monkeypatch.setattr(MetaTrainer, "train_iteration", dies_in_iteration_6)
-    with pytest.raises(Killed):
-        killed.train(progress=False)
-    monkeypatch.setattr(MetaTrainer, "train_iteration", original)
+    train_until_killed(killed, 5)  # checkpoint after iteration 4, iteration 5 done and lost, killed inside 6
     resumed = MetaTrainer(quick_config(iterations=6, checkpoint_every=2), tmp_path / "resumed")
     resumed.train(resume=True, progress=False)
 
@@ -195,15 +185,7 @@ def test_killed_run_resumes_exactly(tmp_path, monkeypatch):
 
 def test_a_fine_tune_killed_in_its_first_iteration_keeps_the_validation_of_its_start(tmp_path, monkeypatch):
     config = quick_config(init_from="l2l-paper-quadratic", network_config={}, iterations=2)
-    original = MetaTrainer.train_iteration
-
-    def killed(self):
-        raise Killed
-
-    monkeypatch.setattr(MetaTrainer, "train_iteration", killed)
-    with pytest.raises(Killed):
-        MetaTrainer(config, tmp_path / "resumed").train(progress=False)
-    monkeypatch.setattr(MetaTrainer, "train_iteration", original)
+    train_until_killed(MetaTrainer(config, tmp_path / "resumed"), 0)
     validations = []
     monkeypatch.setattr(MetaTrainer, "validate", lambda self: validations.append(self.iteration) or 1.0)
     resumed = MetaTrainer(config, tmp_path / "resumed")
@@ -222,19 +204,9 @@ def test_a_run_from_a_gpu_machine_resumes_on_the_cpu(tmp_path):
     assert resumed.iteration == 2
 
 
-def test_a_stopped_run_is_finished_where_it_stopped_by_resuming_with_those_iterations(tmp_path, monkeypatch):
+def test_a_stopped_run_is_finished_where_it_stopped_by_resuming_with_those_iterations(tmp_path):
     config = quick_config(iterations=10, validate_every=10)
-    original = MetaTrainer.train_iteration
-
-    def stopped_in_iteration_4(self):
-        if self.iteration == 3:
-            raise Killed
-        return original(self)
-
-    monkeypatch.setattr(MetaTrainer, "train_iteration", stopped_in_iteration_4)
-    with pytest.raises(Killed):
-        MetaTrainer(config, tmp_path).train(progress=False)
-    monkeypatch.setattr(MetaTrainer, "train_iteration", original)
+    train_until_killed(MetaTrainer(config, tmp_path), 3)
     finished = MetaTrainer(replace(config, iterations=3), tmp_path)
     finished.train(resume=True, progress=False)
     assert [row["iteration"] for row in finished.rows] == [1, 2, 3] and "validation_loss" in finished.rows[-1]
