@@ -12,10 +12,14 @@ from conftest import make_fake_mnist, quick_config, train_until_killed
 
 from learned_torch_optim import CoordinatewiseLSTM, LearnedOptimizer
 from learned_torch_optim.meta import MetaTrainer, ModuleTask, Problem, Task, TrainConfig, get_task, unroll
+from learned_torch_optim.meta.bptt import advance
 from learned_torch_optim.meta.cli import NETWORK_OPTIONS, SETTINGS, build_parser, network_default, train_config
 from learned_torch_optim.meta.cli import main as cli_main
 from learned_torch_optim.meta.data import DataChecksumError, DataNotFoundError, load_image_classification, read_idx
+from learned_torch_optim.meta.schedules import lr_factors
 from learned_torch_optim.meta.trainer import changed_settings, meta_iteration
+from learned_torch_optim.network import lr_inputs
+from learned_torch_optim.weights import load_weights
 
 
 class Square(Problem):
@@ -67,6 +71,53 @@ def test_golden_converges_below_1e_5_within_500_epochs():
         if final_cost < 1e-5:
             break
     assert final_cost < 1e-5
+
+
+def test_advance_takes_the_steps_unroll_takes():
+    network = load_weights("l2l-general-v6")
+    factors = 0.5 * lr_factors("warmup-cosine", 30)
+    problem = get_task("quadratic").problem(3)
+    params = problem.init_params()
+    fast = advance(network, problem, params, 30, factors)
+    problem = get_task("quadratic").problem(3)
+    states = lr_inputs(factors, factors[0], factors.cummax(dim=0).values)
+    reference = unroll(network, problem, params, network.initial_state(10), 30, lr_factors=factors, lr_states=states)
+    torch.testing.assert_close(fast[0], reference.params.detach(), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(fast[1], reference.state.detach(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fast[2], reference.losses, rtol=1e-4, atol=1e-6)
+
+
+def test_meta_loss_from_meta_trains_on_the_end_of_the_horizon_alone():
+    def losses_and_updates(meta_loss_from: int) -> tuple[float, int]:
+        torch.manual_seed(0)
+        network = CoordinatewiseLSTM(preprocessing="identity", hidden_size=4, output_scale=0.1)
+        meta_optimizer = torch.optim.SGD(network.parameters(), lr=0.0)
+        steps = []
+        meta_optimizer.register_step_post_hook(lambda *args: steps.append(1))
+        problem = get_task("quadratic").problem(0)
+        loss = meta_iteration(
+            network, meta_optimizer, problem, horizon=40, unroll_length=10, meta_loss_from=meta_loss_from
+        )
+        return loss, len(steps)
+
+    whole, updates = losses_and_updates(0)
+    assert updates == 4
+    end, updates = losses_and_updates(30)
+    assert updates == 1 and end == pytest.approx(whole, rel=1e-4)
+    trainer = MetaTrainer(quick_config(meta_loss_from=0.5), "unused")
+    assert "after the first 0.5 of the horizon" in trainer.recipe_markdown()
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"meta_loss_from": 1.0}, r"in \[0, 1\)"),
+        ({"meta_loss_from": 0.5, "meta_gradient": "es"}, "meta_gradient='bptt'"),
+    ],
+)
+def test_bad_meta_loss_from_is_refused(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        quick_config(**overrides)
 
 
 def test_module_task_gradients_match_the_module():

@@ -22,6 +22,9 @@ task and every stage of training alike whatever the loss's scale (the losses mus
 
 ``g_t`` is taken with ``torch.autograd.grad`` w.r.t. ``theta_t`` alone, which walks only the graph of ``f_t``:
 the cost of the whole unroll, and of the single backward through ``L`` at its end, is linear in ``T``.
+
+:func:`advance` runs the steps of a horizon that no truncation meta-trains on (the trainer's ``meta_loss_from``)
+with ``LearnedOptimizer``'s fast step and no graph, and hands the truncations that follow their start.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import torch
 from torch import Tensor
 
 from ..network import CoordinatewiseLSTM
+from ..optimizer import STATE_KEY, LearnedOptimizer
 from ..weight_set import WeightSet
 from .tasks import Problem
 
@@ -137,3 +141,25 @@ def unroll(
     if include_final:
         meta_loss = meta_loss + term(problem.loss(params, problem.sample_batch()))
     return UnrollResult(meta_loss, params, state, torch.stack(losses))
+
+
+def advance(
+    network: CoordinatewiseLSTM, problem: Problem, params: Tensor, steps: int, lr_factors: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The first ``steps`` (at least 1) steps of a run of ``network``'s rule on ``problem`` from ``params`` and a
+    zero state, as :func:`unroll` takes them but with :class:`~learned_torch_optim.LearnedOptimizer`'s step and no
+    graph: ``(params, state, losses)`` after them, the losses as ``unroll``'s.  ``lr_factors`` (one per step) set
+    the optimizer's lr to ``lr_factors[t] * nominal_lr``, which gives the update ``lr_factors[t] * u_t`` and the lr
+    inputs ``unroll`` gets from its ``lr_states``."""
+    param = torch.nn.Parameter(params.detach().clone())
+    optimizer = LearnedOptimizer([param], weights=network)
+    losses = []
+    for t in range(steps):
+        if lr_factors is not None:
+            optimizer.param_groups[0]["lr"] = network.nominal_lr * float(lr_factors[t])
+        optimizer.zero_grad()
+        loss = problem.loss(param, problem.sample_batch())
+        loss.backward()
+        losses.append(loss.detach())
+        optimizer.step()
+    return param.detach(), optimizer.state[param][STATE_KEY].detach(), torch.stack(losses)

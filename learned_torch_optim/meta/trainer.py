@@ -23,7 +23,7 @@ from .. import __version__
 from ..network import CoordinatewiseLSTM, lr_inputs
 from ..weight_set import SET_FILE, NetworkRule, WeightSet
 from ..weights import resolve_weights
-from .bptt import SetStep, log_loss, unroll
+from .bptt import SetStep, advance, log_loss, unroll
 from .es import antithetic_gradient
 from .files import atomic_write, atomic_write_text, file_mode, temporaries
 from .population import run_population, stack_weights
@@ -131,7 +131,8 @@ def _meta_loss_row(trainer: MetaTrainer) -> str:
     log = "log " if c.meta_loss == "log" else ""
     if c.meta_gradient == "es":
         return f"the final {log}loss of each run (mean {log}f(theta_t) over its last 10% of steps)"
-    return f"{log}f(theta_t) summed over t = 0..{'T' if c.meta_loss_final else 'T-1'}"
+    skipped = f", in the truncations after the first {c.meta_loss_from:g} of the horizon" if c.meta_loss_from else ""
+    return f"{log}f(theta_t) summed over t = 0..{'T' if c.meta_loss_final else 'T-1'}{skipped}"
 
 
 def _meta_gradient_row(trainer: MetaTrainer) -> str:
@@ -328,6 +329,14 @@ class TrainConfig:
     )
     """With ``"log"`` each step's loss is that of the iteration's problems together (their sum when
     ``meta_batch_size > 1``); validation reports the mean log loss of single problems instead of the mean loss."""
+    meta_loss_from: float = setting(
+        0.0,
+        "with BPTT: the fraction of the horizon run first without meta-updates (the fast optimizer, no graph), so "
+        "that the truncations meta-train on the end of training alone, which the suite scores",
+        card=None,
+        metavar="F",
+    )
+    """The first ``floor(meta_loss_from * horizon / unroll)`` truncations of each problem only advance it."""
     meta_loss_final: bool = setting(
         False,
         "add f(theta_T), the loss after a truncation's last update, to its meta-loss (as the original code)",
@@ -448,6 +457,13 @@ class TrainConfig:
             raise ValueError(f"meta_lr must be positive, got {self.meta_lr}")
         if not self.es_sigma > 0:
             raise ValueError(f"es_sigma must be positive, got {self.es_sigma}")
+        if not 0 <= self.meta_loss_from < 1:
+            raise ValueError(f"meta_loss_from must be in [0, 1), got {self.meta_loss_from}")
+        if self.meta_loss_from and (self.meta_gradient != "bptt" or self.network_rule):
+            raise ValueError(
+                "meta_loss_from skips the meta-updates of BPTT's first truncations: it needs meta_gradient='bptt' "
+                "and one network (no network_rule)"
+            )
         if self.meta_gradient == "es" and (self.second_derivatives or self.meta_loss_final):
             raise ValueError(
                 "second_derivatives and meta_loss_final are options of the BPTT meta-gradient; meta_gradient='es' "
@@ -633,9 +649,12 @@ def meta_iteration(
     second_derivatives: bool = False,
     average_across_processes: bool = False,
     lr_factors: torch.Tensor | None = None,
+    meta_loss_from: int = 0,
 ) -> float:
     """Optimise ``problem`` for ``horizon`` steps from its initial parameters and a zero LSTM state, with one
     meta-update of ``network`` per truncation of ``unroll_length`` steps; returns the mean loss per problem.
+    The first ``meta_loss_from`` steps (a multiple of ``unroll_length``) run without a graph or meta-updates
+    (:func:`~.bptt.advance`; a single network only).
 
     With ``average_across_processes`` (``torch.distributed`` initialised) the meta-gradients and the returned loss
     are averaged over the processes, each of which brings its own problems.  A meta-gradient that is not finite is
@@ -648,8 +667,14 @@ def meta_iteration(
     step = SetStep(network, problem) if isinstance(network, WeightSet) else network
     state = step.initial_state(params.numel(), device=params.device)
     losses = []
+    if meta_loss_from:
+        if isinstance(network, WeightSet):
+            raise ValueError("meta_loss_from needs a single network, not a weight set")
+        early = None if lr_factors is None else lr_factors[:meta_loss_from]
+        params, state, early_losses = advance(network, problem, params, meta_loss_from, early)
+        losses.append(early_losses / problem.num_problems)
     lr_states = None if lr_factors is None else lr_inputs(lr_factors, lr_factors[0], lr_factors.cummax(dim=0).values)
-    for truncation in range(horizon // unroll_length):
+    for truncation in range(meta_loss_from // unroll_length, horizon // unroll_length):
         factors = states = None
         if lr_factors is not None:
             steps = slice(truncation * unroll_length, (truncation + 1) * unroll_length)
@@ -1043,6 +1068,7 @@ class MetaTrainer:
             second_derivatives=self.config.second_derivatives,
             average_across_processes=self.world_size > 1,
             lr_factors=None if schedule is None else factor * lr_factors(schedule, horizon),
+            meta_loss_from=int(self.config.meta_loss_from * horizon) // self.config.unroll * self.config.unroll,
         )
 
     def _draw_scales(self, every_seed: list[int], drawn: Problem) -> torch.Tensor:
