@@ -104,6 +104,8 @@ def test_meta_loss_from_meta_trains_on_the_end_of_the_horizon_alone():
     assert updates == 4
     end, updates = losses_and_updates(30)
     assert updates == 1 and end == pytest.approx(whole, rel=1e-4)
+    with pytest.raises(ValueError, match="multiple of unroll_length"):
+        losses_and_updates(25)
     trainer = MetaTrainer(quick_config(meta_loss_from=0.5), "unused")
     assert "after the first 0.5 of the horizon" in trainer.recipe_markdown()
 

@@ -668,8 +668,11 @@ def meta_iteration(
     state = step.initial_state(params.numel(), device=params.device)
     losses = []
     if meta_loss_from:
-        if isinstance(network, WeightSet):
-            raise ValueError("meta_loss_from needs a single network, not a weight set")
+        if isinstance(network, WeightSet) or meta_loss_from % unroll_length:
+            raise ValueError(
+                f"meta_loss_from ({meta_loss_from}) needs a single network (not a weight set) and a multiple of "
+                f"unroll_length ({unroll_length})"
+            )
         early = None if lr_factors is None else lr_factors[:meta_loss_from]
         params, state, early_losses = advance(network, problem, params, meta_loss_from, early)
         losses.append(early_losses / problem.num_problems)
