@@ -403,6 +403,7 @@ MUST_KEEP_ON_RESUME = {  # for every setting --resume must keep, a value other t
     "meta_lr_schedule": "cosine",
     "clip_grad_norm": 1.0,
     "meta_loss": "log",
+    "meta_loss_from": 0.5,
     "meta_loss_final": True,
     "second_derivatives": True,
     "meta_batch_size": 3,
