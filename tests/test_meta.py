@@ -87,27 +87,39 @@ def test_advance_takes_the_steps_unroll_takes():
     torch.testing.assert_close(fast[2], reference.losses, rtol=1e-4, atol=1e-6)
 
 
-def test_meta_loss_from_meta_trains_on_the_end_of_the_horizon_alone():
-    def losses_and_updates(meta_loss_from: int) -> tuple[float, int]:
+def test_meta_loss_from_meta_trains_on_the_end_of_the_horizon_alone(tmp_path):
+    def meta_gradients(meta_loss_from: int) -> tuple[float, list[list[torch.Tensor]]]:
         torch.manual_seed(0)
-        network = CoordinatewiseLSTM(preprocessing="identity", hidden_size=4, output_scale=0.1)
+        network = CoordinatewiseLSTM(preprocessing="identity", hidden_size=4, output_scale=0.1, lr_decay_input=True)
         meta_optimizer = torch.optim.SGD(network.parameters(), lr=0.0)
-        steps = []
-        meta_optimizer.register_step_post_hook(lambda *args: steps.append(1))
+        gradients = []
+        meta_optimizer.register_step_pre_hook(
+            lambda *args: gradients.append([p.grad.clone() for p in network.parameters()])
+        )
         problem = get_task("quadratic").problem(0)
         loss = meta_iteration(
-            network, meta_optimizer, problem, horizon=40, unroll_length=10, meta_loss_from=meta_loss_from
+            network,
+            meta_optimizer,
+            problem,
+            horizon=40,
+            unroll_length=10,
+            meta_loss_from=meta_loss_from,
+            lr_factors=lr_factors("warmup-cosine", 40),
         )
-        return loss, len(steps)
+        return loss, gradients
 
-    whole, updates = losses_and_updates(0)
-    assert updates == 4
-    end, updates = losses_and_updates(30)
-    assert updates == 1 and end == pytest.approx(whole, rel=1e-4)
+    whole, every = meta_gradients(0)
+    end, last = meta_gradients(30)
+    assert len(every) == 4 and len(last) == 1 and end == pytest.approx(whole, rel=1e-4)
+    for expected, actual in zip(every[-1], last[0], strict=True):
+        torch.testing.assert_close(actual, expected, rtol=1e-3, atol=1e-6)
     with pytest.raises(ValueError, match="multiple of unroll_length"):
-        losses_and_updates(25)
-    trainer = MetaTrainer(quick_config(meta_loss_from=0.5), "unused")
-    assert "after the first 0.5 of the horizon" in trainer.recipe_markdown()
+        meta_gradients(25)
+    config = quick_config(meta_loss_from=0.58, horizon=100, unroll=2, lr_schedules=["warmup-cosine"])
+    assert config.meta_loss_start(100) == 58
+    trainer = MetaTrainer(quick_config(meta_loss_from=0.5, lr_schedules=["warmup-cosine"]), tmp_path)
+    trainer.train(progress=False)
+    assert "after the first 0.5 of the horizon" in (tmp_path / "README.md").read_text()
 
 
 @pytest.mark.parametrize(
@@ -115,6 +127,7 @@ def test_meta_loss_from_meta_trains_on_the_end_of_the_horizon_alone():
     [
         ({"meta_loss_from": 1.0}, r"in \[0, 1\)"),
         ({"meta_loss_from": 0.5, "meta_gradient": "es"}, "meta_gradient='bptt'"),
+        ({"meta_loss_from": 0.5, "network_rule": ["*bias=biases", "weights"]}, "no network_rule"),
     ],
 )
 def test_bad_meta_loss_from_is_refused(overrides, message):

@@ -150,7 +150,8 @@ def advance(
     zero state, as :func:`unroll` takes them but with :class:`~learned_torch_optim.LearnedOptimizer`'s step and no
     graph: ``(params, state, losses)`` after them, the losses as ``unroll``'s.  ``lr_factors`` (one per step) set
     the optimizer's lr to ``lr_factors[t] * nominal_lr``, which gives the update ``lr_factors[t] * u_t`` and the lr
-    inputs ``unroll`` gets from its ``lr_states``."""
+    inputs ``unroll`` gets from its ``lr_states``.  A coordinate whose gradient is not finite is left as it is, as
+    the optimizer does (``unroll`` would carry the NaN on)."""
     param = torch.nn.Parameter(params.detach().clone())
     optimizer = LearnedOptimizer([param], weights=network)
     losses = []

@@ -336,7 +336,7 @@ class TrainConfig:
         card=None,
         metavar="F",
     )
-    """The first ``floor(meta_loss_from * horizon / unroll)`` truncations of each problem only advance it."""
+    """The first truncations of each problem only advance it: :meth:`TrainConfig.meta_loss_start` steps."""
     meta_loss_final: bool = setting(
         False,
         "add f(theta_T), the loss after a truncation's last update, to its meta-loss (as the original code)",
@@ -500,6 +500,11 @@ class TrainConfig:
         network_rule(self.network_rule)  # a malformed rule is an error now, not at the start of the run
         if torch.device(self.device).type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {self.device!r}: CUDA is not available in this torch installation")
+
+    def meta_loss_start(self, horizon: int) -> int:
+        """The steps of a ``horizon`` run before the first truncation that meta-trains: ``meta_loss_from`` of it,
+        rounded down to whole truncations."""
+        return math.floor(self.meta_loss_from * horizon + 1e-9) // self.unroll * self.unroll
 
     def to_dict(self) -> dict[str, Any]:
         """The settings by the names a checkpoint stores them under."""
@@ -1071,7 +1076,7 @@ class MetaTrainer:
             second_derivatives=self.config.second_derivatives,
             average_across_processes=self.world_size > 1,
             lr_factors=None if schedule is None else factor * lr_factors(schedule, horizon),
-            meta_loss_from=int(self.config.meta_loss_from * horizon) // self.config.unroll * self.config.unroll,
+            meta_loss_from=self.config.meta_loss_start(horizon),
         )
 
     def _draw_scales(self, every_seed: list[int], drawn: Problem) -> torch.Tensor:
