@@ -1117,11 +1117,14 @@ class MetaTrainer:
         same perturbations, and the estimates are averaged."""
         from .evaluation import protocol
 
+        def final(curves: torch.Tensor) -> torch.Tensor:
+            """The score of each run: its final (log) loss."""
+            return protocol.tail_mean(
+                log_loss(curves) if self.config.meta_loss == "log" else curves, protocol.FINAL_FRACTION
+            )
+
         def score() -> float:
-            curve = protocol.run_learned(self.network, problem(), horizon, factor, schedule or "constant")
-            if self.config.meta_loss == "log":
-                curve = log_loss(curve)
-            return protocol.tail_mean(curve, protocol.FINAL_FRACTION).item()
+            return final(protocol.run_learned(self.network, problem(), horizon, factor, schedule or "constant")).item()
 
         named = [(name, p) for name, p in self.network.named_parameters() if p.requires_grad]
         params = [p for _, p in named]
@@ -1129,10 +1132,8 @@ class MetaTrainer:
         def score_all(perturbed: list[list[torch.Tensor]]) -> list[float]:
             members = [{name: value for (name, _), value in zip(named, values, strict=True)} for values in perturbed]
             weights = stack_weights(self.network, members)
-            curves = run_population(self.network, weights, problem(), horizon, factor, schedule or "constant").cpu()
-            if self.config.meta_loss == "log":
-                curves = log_loss(curves)
-            return protocol.tail_mean(curves, protocol.FINAL_FRACTION).tolist()
+            curves = run_population(self.network, weights, problem(), horizon, factor, schedule or "constant")
+            return final(curves.cpu()).tolist()
 
         grads, scores = antithetic_gradient(
             params,
