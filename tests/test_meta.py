@@ -88,7 +88,7 @@ def test_advance_takes_the_steps_unroll_takes():
 
 
 def test_meta_loss_from_meta_trains_on_the_end_of_the_horizon_alone(tmp_path):
-    def meta_gradients(meta_loss_from: int) -> tuple[float, list[list[torch.Tensor]]]:
+    def meta_gradients(meta_loss_start: int) -> tuple[float, list[list[torch.Tensor]]]:
         torch.manual_seed(0)
         network = CoordinatewiseLSTM(preprocessing="identity", hidden_size=4, output_scale=0.1, lr_decay_input=True)
         meta_optimizer = torch.optim.SGD(network.parameters(), lr=0.0)
@@ -103,7 +103,7 @@ def test_meta_loss_from_meta_trains_on_the_end_of_the_horizon_alone(tmp_path):
             problem,
             horizon=40,
             unroll_length=10,
-            meta_loss_from=meta_loss_from,
+            meta_loss_start=meta_loss_start,
             lr_factors=lr_factors("warmup-cosine", 40),
         )
         return loss, gradients

@@ -654,11 +654,11 @@ def meta_iteration(
     second_derivatives: bool = False,
     average_across_processes: bool = False,
     lr_factors: torch.Tensor | None = None,
-    meta_loss_from: int = 0,
+    meta_loss_start: int = 0,
 ) -> float:
     """Optimise ``problem`` for ``horizon`` steps from its initial parameters and a zero LSTM state, with one
     meta-update of ``network`` per truncation of ``unroll_length`` steps; returns the mean loss per problem.
-    The first ``meta_loss_from`` steps (a multiple of ``unroll_length``) run without a graph or meta-updates
+    The first ``meta_loss_start`` steps (a multiple of ``unroll_length``) run without a graph or meta-updates
     (:func:`~.bptt.advance`; a single network only).
 
     With ``average_across_processes`` (``torch.distributed`` initialised) the meta-gradients and the returned loss
@@ -672,17 +672,17 @@ def meta_iteration(
     step = SetStep(network, problem) if isinstance(network, WeightSet) else network
     state = step.initial_state(params.numel(), device=params.device)
     losses = []
-    if meta_loss_from:
-        if isinstance(network, WeightSet) or meta_loss_from % unroll_length:
+    if meta_loss_start:
+        if isinstance(network, WeightSet) or meta_loss_start % unroll_length:
             raise ValueError(
-                f"meta_loss_from ({meta_loss_from}) needs a single network (not a weight set) and a multiple of "
+                f"meta_loss_start ({meta_loss_start}) needs a single network (not a weight set) and a multiple of "
                 f"unroll_length ({unroll_length})"
             )
-        early = None if lr_factors is None else lr_factors[:meta_loss_from]
-        params, state, early_losses = advance(network, problem, params, meta_loss_from, early)
+        early = None if lr_factors is None else lr_factors[:meta_loss_start]
+        params, state, early_losses = advance(network, problem, params, meta_loss_start, early)
         losses.append(early_losses / problem.num_problems)
     lr_states = None if lr_factors is None else lr_inputs(lr_factors, lr_factors[0], lr_factors.cummax(dim=0).values)
-    for truncation in range(meta_loss_from // unroll_length, horizon // unroll_length):
+    for truncation in range(meta_loss_start // unroll_length, horizon // unroll_length):
         factors = states = None
         if lr_factors is not None:
             steps = slice(truncation * unroll_length, (truncation + 1) * unroll_length)
@@ -1076,7 +1076,7 @@ class MetaTrainer:
             second_derivatives=self.config.second_derivatives,
             average_across_processes=self.world_size > 1,
             lr_factors=None if schedule is None else factor * lr_factors(schedule, horizon),
-            meta_loss_from=self.config.meta_loss_start(horizon),
+            meta_loss_start=self.config.meta_loss_start(horizon),
         )
 
     def _draw_scales(self, every_seed: list[int], drawn: Problem) -> torch.Tensor:
