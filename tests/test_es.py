@@ -98,6 +98,24 @@ def test_es_meta_training_moves_the_weights_resumes_exactly_and_says_so_on_the_c
         assert torch.equal(tensor, resumed.network.state_dict()[name]), name
 
 
+def test_es_on_the_end_of_each_run_moves_the_weights_resumes_exactly_and_says_so(tmp_path):
+    settings = dict(task="teacher-student", horizon=40, meta_batch_size=1, meta_loss_from=0.75)
+    whole = MetaTrainer(es_config(**settings), tmp_path / "whole")
+    assert whole.config.meta_loss_start(40) == 30
+    start = {name: tensor.clone() for name, tensor in whole.network.state_dict().items()}
+    whole.train(progress=False)
+    assert any(not torch.equal(start[name], t) for name, t in whole.network.state_dict().items())
+    assert all(math.isfinite(row["meta_loss"]) for row in whole.rows)
+    card = (tmp_path / "whole" / "README.md").read_text()
+    assert "the first 0.75 of the horizon run once by the network as it is" in card
+
+    MetaTrainer(es_config(**settings, iterations=2), tmp_path / "halves").train(progress=False)
+    resumed = MetaTrainer(es_config(**settings), tmp_path / "halves")
+    resumed.train(resume=True, progress=False)
+    for name, tensor in whole.network.state_dict().items():
+        assert torch.equal(tensor, resumed.network.state_dict()[name]), name
+
+
 @pytest.mark.parametrize("readout_only", [False, True])
 def test_es_trains_only_the_added_input_when_told(tmp_path, readout_only):
     skip = {"preprocessing": "identity", "output_scale": 1.0, "hidden_size": 8, "readout_skip": True}

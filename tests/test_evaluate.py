@@ -306,6 +306,9 @@ def test_protocol_scores_and_divergence():
     assert final_loss(curves).tolist() == [0.0, 5.0, math.inf]
     assert tail_mean(curves, 0.4).tolist() == [0.5, 4.5, math.inf]
     assert tail_mean(curves, 0.01).tolist() == [0.0, 5.0, math.inf]  # at least the last step
+    assert tail_mean(curves[:, 2:], 0.4, 5).tolist() == [0.5, 4.5, 1.0]  # the end of a run of 5 steps
+    with pytest.raises(ValueError, match="last 2 steps of a run of 5, from a curve of 1"):
+        tail_mean(curves[:, 4:], 0.4, 5)
     assert descended(curves, 0.4).tolist() == [True, False, False]
     assert best_lr({0.1: 2.0, 0.3: 1.0, 1.0: 1.0, 3.0: math.inf}) == 0.3
     assert best_lr({1.0: math.inf, 3.0: math.nan}) is None

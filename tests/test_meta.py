@@ -16,6 +16,7 @@ from learned_torch_optim.meta.bptt import advance
 from learned_torch_optim.meta.cli import NETWORK_OPTIONS, SETTINGS, build_parser, network_default, train_config
 from learned_torch_optim.meta.cli import main as cli_main
 from learned_torch_optim.meta.data import DataChecksumError, DataNotFoundError, load_image_classification, read_idx
+from learned_torch_optim.meta.evaluation.protocol import run_learned
 from learned_torch_optim.meta.schedules import lr_factors
 from learned_torch_optim.meta.trainer import changed_settings, meta_iteration
 from learned_torch_optim.network import lr_inputs
@@ -87,6 +88,25 @@ def test_advance_takes_the_steps_unroll_takes():
     torch.testing.assert_close(fast[2], reference.losses, rtol=1e-4, atol=1e-6)
 
 
+def test_advance_goes_on_from_where_a_run_stopped():
+    network = load_weights("l2l-general-v6")
+    factors = 0.5 * lr_factors("warmup-cosine", 30)
+    task = get_task("teacher-student")
+    whole = advance(network, task.problem(3), task.problem(3).init_params(), 30, factors)
+    curve = run_learned(network, task.problem(3), 30, 0.5, "warmup-cosine")
+    torch.testing.assert_close(whole[2], curve, rtol=1e-5, atol=1e-7)
+    problem = task.problem(3)
+    params, state, _ = advance(network, problem, problem.init_params(), 12, factors)
+    rest = task.problem(3)
+    for _ in range(12):
+        rest.sample_batch()
+    end = advance(network, rest, params, 18, factors, start=12, state=state)
+    for resumed, straight in zip(end, (whole[0], whole[1], whole[2][12:]), strict=True):
+        torch.testing.assert_close(resumed, straight, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="LSTM state it had there"):
+        advance(network, rest, params, 1, factors, start=12)
+
+
 def test_meta_loss_from_meta_trains_on_the_end_of_the_horizon_alone(tmp_path):
     def meta_gradients(meta_loss_start: int) -> tuple[float, list[list[torch.Tensor]]]:
         torch.manual_seed(0)
@@ -126,7 +146,8 @@ def test_meta_loss_from_meta_trains_on_the_end_of_the_horizon_alone(tmp_path):
     "overrides, message",
     [
         ({"meta_loss_from": 1.0}, r"in \[0, 1\)"),
-        ({"meta_loss_from": 0.5, "meta_gradient": "es"}, "meta_gradient='bptt'"),
+        ({"meta_loss_from": 0.5, "meta_gradient": "es", "es_vectorize": True}, "no es_vectorize"),
+        ({"meta_loss_from": 0.95, "meta_gradient": "es"}, "at most 0.9"),
         ({"meta_loss_from": 0.5, "network_rule": ["*bias=biases", "weights"]}, "no network_rule"),
     ],
 )

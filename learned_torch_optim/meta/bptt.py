@@ -24,7 +24,8 @@ task and every stage of training alike whatever the loss's scale (the losses mus
 the cost of the whole unroll, and of the single backward through ``L`` at its end, is linear in ``T``.
 
 :func:`advance` runs the steps of a horizon that no truncation meta-trains on (the trainer's ``meta_loss_from``)
-with ``LearnedOptimizer``'s fast step and no graph, and hands the truncations that follow their start.
+with ``LearnedOptimizer``'s fast step and no graph, and hands the truncations that follow their start; evolution
+strategies on the end of a run go on from such a start with it too (``MetaTrainer``).
 """
 
 from __future__ import annotations
@@ -144,18 +145,36 @@ def unroll(
 
 
 def advance(
-    network: CoordinatewiseLSTM, problem: Problem, params: Tensor, steps: int, lr_factors: Tensor | None = None
+    network: CoordinatewiseLSTM,
+    problem: Problem,
+    params: Tensor,
+    steps: int,
+    lr_factors: Tensor | None = None,
+    *,
+    start: int = 0,
+    state: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The first ``steps`` (at least 1) steps of a run of ``network``'s rule on ``problem`` from ``params`` and a
-    zero state, as :func:`unroll` takes them but with :class:`~learned_torch_optim.LearnedOptimizer`'s step and no
-    graph: ``(params, state, losses)`` after them, the losses as ``unroll``'s.  ``lr_factors`` (one per step) set
-    the optimizer's lr to ``lr_factors[t] * nominal_lr``, which gives the update ``lr_factors[t] * u_t`` and the lr
-    inputs ``unroll`` gets from its ``lr_states``.  A coordinate whose gradient is not finite is left as it is, as
-    the optimizer does (``unroll`` would carry the NaN on)."""
+    """Steps ``start .. start + steps - 1`` (at least one) of a run of ``network``'s rule on ``problem`` from
+    ``params`` and LSTM ``state`` (a zero state at ``start = 0``; the step count ``start`` goes with it), as
+    :func:`unroll` takes them but with :class:`~learned_torch_optim.LearnedOptimizer`'s step and no graph:
+    ``(params, state, losses)`` after them, the losses as ``unroll``'s.  ``lr_factors`` (one per step of the run, from
+    step 0) set the optimizer's lr at step ``t`` to ``lr_factors[t] * nominal_lr``, which gives the update
+    ``lr_factors[t] * u_t`` and the lr inputs ``unroll`` gets from its ``lr_states`` (the first lr and the largest
+    so far count the steps before ``start``).  A coordinate whose gradient is not finite is left as it is, as the
+    optimizer does (``unroll`` would carry the NaN on)."""
+    if (state is None) != (start == 0):
+        raise ValueError(f"advance: a run resumed at step {start} needs the LSTM state it had there, and only then")
     param = torch.nn.Parameter(params.detach().clone())
     optimizer = LearnedOptimizer([param], weights=network)
+    if state is not None:
+        resumed = state.detach().to(param.device, optimizer.state_dtype, copy=True)
+        optimizer.state[param].update({"step": torch.tensor(float(start)), STATE_KEY: resumed})
+        if lr_factors is not None:
+            group = optimizer.param_groups[0]
+            group["first_lr"] = network.nominal_lr * float(lr_factors[0])
+            group["peak_lr"] = network.nominal_lr * float(lr_factors[:start].max())
     losses = []
-    for t in range(steps):
+    for t in range(start, start + steps):
         if lr_factors is not None:
             optimizer.param_groups[0]["lr"] = network.nominal_lr * float(lr_factors[t])
         optimizer.zero_grad()

@@ -130,7 +130,13 @@ def _meta_loss_row(trainer: MetaTrainer) -> str:
     c = trainer.config
     log = "log " if c.meta_loss == "log" else ""
     if c.meta_gradient == "es":
-        return f"the final {log}loss of each run (mean {log}f(theta_t) over its last 10% of steps)"
+        shared = (
+            f"; the first {c.meta_loss_from:g} of the horizon run once by the network as it is, every perturbed run "
+            "going on from there"
+            if c.meta_loss_from
+            else ""
+        )
+        return f"the final {log}loss of each run (mean {log}f(theta_t) over its last 10% of steps){shared}"
     skipped = f", in the truncations after the first {c.meta_loss_from:g} of the horizon" if c.meta_loss_from else ""
     return f"{log}f(theta_t) summed over t = 0..{'T' if c.meta_loss_final else 'T-1'}{skipped}"
 
@@ -331,12 +337,13 @@ class TrainConfig:
     ``meta_batch_size > 1``); validation reports the mean log loss of single problems instead of the mean loss."""
     meta_loss_from: float = setting(
         0.0,
-        "with BPTT: the fraction of the horizon run first without meta-updates (the fast optimizer, no graph), so "
-        "that the truncations meta-train on the end of training alone, which the suite scores",
+        "the fraction of the horizon run first with the fast optimizer and no graph, so that meta-training sees the "
+        "end of training alone, which the suite scores: with BPTT no truncation before it meta-trains; with ES the "
+        "network as it is runs it once per iteration and every perturbed run goes on from there",
         card=None,
         metavar="F",
     )
-    """The first truncations of each problem only advance it: :meth:`TrainConfig.meta_loss_start` steps."""
+    """The first :meth:`TrainConfig.meta_loss_start` steps of each problem only advance it."""
     meta_loss_final: bool = setting(
         False,
         "add f(theta_T), the loss after a truncation's last update, to its meta-loss (as the original code)",
@@ -459,10 +466,17 @@ class TrainConfig:
             raise ValueError(f"es_sigma must be positive, got {self.es_sigma}")
         if not 0 <= self.meta_loss_from < 1:
             raise ValueError(f"meta_loss_from must be in [0, 1), got {self.meta_loss_from}")
-        if self.meta_loss_from and (self.meta_gradient != "bptt" or self.network_rule):
+        if self.meta_loss_from and (self.es_vectorize or self.network_rule):
             raise ValueError(
-                "meta_loss_from skips the meta-updates of BPTT's first truncations: it needs meta_gradient='bptt' "
-                "and one network (no network_rule)"
+                "meta_loss_from runs the first part of each horizon with one network's fast step: it needs one "
+                "network (no network_rule) and no es_vectorize"
+            )
+        from .evaluation.protocol import FINAL_FRACTION
+
+        if self.meta_gradient == "es" and self.meta_loss_from > 1 - FINAL_FRACTION:
+            raise ValueError(
+                f"meta_loss_from {self.meta_loss_from} leaves evolution strategies less of each run than the final "
+                f"{FINAL_FRACTION:g} they score: it must be at most {1 - FINAL_FRACTION:g}"
             )
         if self.meta_gradient == "es" and (self.second_derivatives or self.meta_loss_final):
             raise ValueError(
@@ -502,9 +516,10 @@ class TrainConfig:
             raise ValueError(f"device {self.device!r}: CUDA is not available in this torch installation")
 
     def meta_loss_start(self, horizon: int) -> int:
-        """The steps of a ``horizon`` run before the first truncation that meta-trains: ``meta_loss_from`` of it,
+        """The steps of a ``horizon`` run before the part that meta-trains: ``meta_loss_from`` of it, with BPTT
         rounded down to whole truncations."""
-        return math.floor(self.meta_loss_from * horizon + 1e-9) // self.unroll * self.unroll
+        steps = math.floor(self.meta_loss_from * horizon + 1e-9)
+        return steps if self.meta_gradient == "es" else steps // self.unroll * self.unroll
 
     def to_dict(self) -> dict[str, Any]:
         """The settings by the names a checkpoint stores them under."""
@@ -678,8 +693,7 @@ def meta_iteration(
                 f"meta_loss_start ({meta_loss_start}) needs a single network (not a weight set) and a multiple of "
                 f"unroll_length ({unroll_length})"
             )
-        early = None if lr_factors is None else lr_factors[:meta_loss_start]
-        params, state, early_losses = advance(network, problem, params, meta_loss_start, early)
+        params, state, early_losses = advance(network, problem, params, meta_loss_start, lr_factors)
         losses.append(early_losses / problem.num_problems)
     lr_states = None if lr_factors is None else lr_inputs(lr_factors, lr_factors[0], lr_factors.cummax(dim=0).values)
     for truncation in range(meta_loss_start // unroll_length, horizon // unroll_length):
@@ -1113,18 +1127,37 @@ class MetaTrainer:
         """One meta-update from :func:`~.es.antithetic_gradient`: each run is ``LearnedOptimizer`` at ``factor``
         times the ``nominal_lr`` under ``schedule`` over the horizon on ``problem()``, scored by its final (log)
         loss, as validation and the suite score runs; with ``es_vectorize`` the runs go side by side
-        (:func:`~.population.run_population`).  Under ``torch.distributed`` each process runs its own problems with the
-        same perturbations, and the estimates are averaged."""
+        (:func:`~.population.run_population`).  With ``meta_loss_from`` the network as it is runs the first
+        :meth:`TrainConfig.meta_loss_start` steps once (:func:`~.bptt.advance`), and each perturbed run goes on from
+        there (the same parameters, LSTM state and minibatch stream) to the end of the horizon.  Under
+        ``torch.distributed`` each process runs its own problems with the same perturbations, and the estimates are
+        averaged."""
         from .evaluation import protocol
 
         def final(curves: torch.Tensor) -> torch.Tensor:
-            """The score of each run: its final (log) loss."""
+            """The score of each run (of which ``curves`` is the end): its final (log) loss."""
             return protocol.tail_mean(
-                log_loss(curves) if self.config.meta_loss == "log" else curves, protocol.FINAL_FRACTION
+                log_loss(curves) if self.config.meta_loss == "log" else curves, protocol.FINAL_FRACTION, horizon
             )
 
-        def score() -> float:
-            return final(protocol.run_learned(self.network, problem(), horizon, factor, schedule or "constant")).item()
+        start = self.config.meta_loss_start(horizon)
+        if start:
+            factors = factor * lr_factors(schedule or "constant", horizon)
+            first = problem()
+            middle, state, _ = advance(self.network, first, first.init_params(), start, factors)
+
+            def score() -> float:
+                window = problem()
+                for _ in range(start):
+                    window.sample_batch()
+                _, _, losses = advance(self.network, window, middle, horizon - start, factors, start=start, state=state)
+                return final(losses / window.num_problems).item()
+
+        else:
+
+            def score() -> float:
+                curves = protocol.run_learned(self.network, problem(), horizon, factor, schedule or "constant")
+                return final(curves).item()
 
         named = [(name, p) for name, p in self.network.named_parameters() if p.requires_grad]
         params = [p for _, p in named]

@@ -159,9 +159,12 @@ def final_loss(losses: Tensor) -> Tensor:
     return _inf_where_diverged(losses.double()[..., -1], losses)
 
 
-def tail_mean(losses: Tensor, fraction: float) -> Tensor:
-    """The mean loss over the last ``fraction`` of the steps (at least one), in float64; ``inf`` where diverged."""
-    tail = max(1, int(losses.shape[-1] * fraction))
+def tail_mean(losses: Tensor, fraction: float, steps: int | None = None) -> Tensor:
+    """The mean loss over the last ``fraction`` of the steps (at least one) of a run of ``steps`` steps (by default
+    the curve's length; a longer run's curve ``losses`` is its end), in float64; ``inf`` where diverged."""
+    tail = max(1, int((losses.shape[-1] if steps is None else steps) * fraction))
+    if tail > losses.shape[-1]:
+        raise ValueError(f"tail_mean: the last {tail} steps of a run of {steps}, from a curve of {losses.shape[-1]}")
     return _inf_where_diverged(losses.double()[..., -tail:].mean(dim=-1), losses)
 
 
