@@ -1,3 +1,4 @@
+import importlib
 import math
 from dataclasses import replace
 
@@ -7,8 +8,10 @@ from conftest import quick_config
 from torch import Tensor
 
 from learned_torch_optim import CoordinatewiseLSTM, load_weights
-from learned_torch_optim.meta import MetaTrainer, TrainConfig
+from learned_torch_optim.meta import MetaTrainer, TrainConfig, bptt, get_task
+from learned_torch_optim.meta.bptt import log_loss
 from learned_torch_optim.meta.es import antithetic_gradient, centred_ranks
+from learned_torch_optim.meta.evaluation import protocol
 from learned_torch_optim.meta.widen import added_weights, widen
 
 
@@ -114,6 +117,29 @@ def test_es_on_the_end_of_each_run_moves_the_weights_resumes_exactly_and_says_so
     resumed.train(resume=True, progress=False)
     for name, tensor in whole.network.state_dict().items():
         assert torch.equal(tensor, resumed.network.state_dict()[name]), name
+
+
+def test_es_scores_the_end_of_a_run_as_the_whole_run_scores_it(tmp_path, monkeypatch):
+    settings = dict(task="teacher-student", horizon=40, meta_loss_from=0.75, init_from="l2l-general-v6")
+    trainer = MetaTrainer(es_config(**settings, network_config={}), tmp_path)
+    trainer_module = importlib.import_module("learned_torch_optim.meta.trainer")
+    runs, scores = [], []
+
+    def advance(network, problem, params, steps, lr_factors=None, **resumed):
+        runs.append((resumed.get("start", 0), steps))
+        return bptt.advance(network, problem, params, steps, lr_factors, **resumed)
+
+    def unperturbed(params, score, **_):
+        scores.append(score())
+        return [torch.zeros_like(p) for p in params], scores
+
+    monkeypatch.setattr(trainer_module, "advance", advance)
+    monkeypatch.setattr(trainer_module, "antithetic_gradient", unperturbed)
+    problem = get_task("teacher-student").problem
+    trainer._es_step(lambda: problem(3), 40, "warmup-cosine", 0.7)
+    assert runs == [(0, 30), (30, 10)]
+    curve = protocol.run_learned(trainer.network, problem(3), 40, 0.7, "warmup-cosine")
+    assert scores[0] == pytest.approx(protocol.tail_mean(log_loss(curve), 0.1).item(), rel=1e-5)
 
 
 @pytest.mark.parametrize("readout_only", [False, True])

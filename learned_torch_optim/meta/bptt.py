@@ -168,7 +168,7 @@ def advance(
     optimizer = LearnedOptimizer([param], weights=network)
     if state is not None:
         resumed = state.detach().to(param.device, optimizer.state_dtype, copy=True)
-        optimizer.state[param].update({"step": torch.tensor(float(start)), STATE_KEY: resumed})
+        optimizer.state[param].update({"step": torch.tensor(float(start), dtype=torch.float32), STATE_KEY: resumed})
         if lr_factors is not None:
             group = optimizer.param_groups[0]
             group["first_lr"] = network.nominal_lr * float(lr_factors[0])

@@ -145,9 +145,9 @@ def _meta_gradient_row(trainer: MetaTrainer) -> str:
     c = trainer.config
     if c.meta_gradient == "es":
         shaping = ", scores as centred ranks" if c.es_ranks else ""
+        runs = f"the last {1 - c.meta_loss_from:g} of runs" if c.meta_loss_from else "whole runs"
         return (
-            f"evolution strategies on whole runs: {c.es_pairs} antithetic pairs per iteration, sigma {c.es_sigma}"
-            + shaping
+            f"evolution strategies on {runs}: {c.es_pairs} antithetic pairs per iteration, sigma {c.es_sigma}" + shaping
         )
     return f"truncated BPTT, unroll {c.unroll}"
 
@@ -339,7 +339,7 @@ class TrainConfig:
         0.0,
         "the fraction of the horizon run first with the fast optimizer and no graph, so that meta-training sees the "
         "end of training alone, which the suite scores: with BPTT no truncation before it meta-trains; with ES the "
-        "network as it is runs it once per iteration and every perturbed run goes on from there",
+        "network as it is runs it once per iteration and every perturbed run goes on from there (F at most 0.9)",
         card=None,
         metavar="F",
     )
@@ -1144,9 +1144,11 @@ class MetaTrainer:
         if start:
             factors = factor * lr_factors(schedule or "constant", horizon)
             first = problem()
-            middle, state, _ = advance(self.network, first, first.init_params(), start, factors)
+            middle, state, early = advance(self.network, first, first.init_params(), start, factors)
 
             def score() -> float:
+                if not torch.isfinite(early).all():  # diverged before the perturbations: as a whole run, every score
+                    return math.inf
                 window = problem()
                 for _ in range(start):
                     window.sample_batch()
