@@ -1145,9 +1145,10 @@ class MetaTrainer:
             factors = factor * lr_factors(schedule or "constant", horizon)
             first = problem()
             middle, state, early = advance(self.network, first, first.init_params(), start, factors)
+            diverged_early = bool(protocol.diverged(early))  # before the perturbations: as a whole run, every score
 
             def score() -> float:
-                if not torch.isfinite(early).all():  # diverged before the perturbations: as a whole run, every score
+                if diverged_early:
                     return math.inf
                 window = problem()
                 for _ in range(start):
